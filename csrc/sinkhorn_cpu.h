@@ -1,0 +1,18 @@
+// Batched log-domain Sinkhorn, CPU kernel (DESIGN.md section 3). Raw pointers, no torch.
+#pragma once
+#include <cstdint>
+
+namespace pytransfer {
+
+// Solves B independent entropic OT problems
+//   a (B, n), b (B, m) >= 0 with equal mass per problem; cost (B or 1, n, m), contiguous.
+// Writes potentials f (B, n), g (B, m) in cost units with plan = exp((f_i + g_j - C_ij)/eps)
+// (zero-mass entries carry the finite c-transform value and get no mass), the number of full
+// iterations n_iter (B,) and the final marginal error ||plan 1 - a||_1 (B,).
+// A problem stops on its own once its error is <= tol * mass (tol > 0), else at max_iter.
+template <typename T>
+void sinkhorn_log_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
+                      bool shared_cost, T eps, int64_t max_iter, T tol, T* f, T* g,
+                      int64_t* n_iter, T* err);
+
+}  // namespace pytransfer

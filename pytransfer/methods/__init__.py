@@ -1,0 +1,1 @@
+"""Training modules for the four methods; they call only the ops and ``pytransfer.nn`` losses."""

@@ -1,0 +1,142 @@
+"""torch.library registrations of the Sinkhorn ops and their backends.
+
+``pytransfer::sinkhorn_log_{cpu,triton,cuda}`` are the fixed-point solvers (no autograd: they
+return potentials, which are constants for the gradient rules).
+``pytransfer::sinkhorn_values`` turns potentials into (transport_cost, objective) and owns the
+gradient rule (dual or implicit) through ``register_autograd``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pytransfer import _dispatch, _ext
+from pytransfer.ot import implicit
+from pytransfer.ot.reference import plan_from_potentials, sinkhorn_log_reference, values_from_plan
+
+OP = "sinkhorn"
+GRAD_MODES = ("dual", "implicit")
+TRITON_MAX_TILE = 1 << 14  # padded n * m held by one Triton program
+
+
+def _solver_fake(a, b, cost, eps, max_iter, tol):
+    B = a.shape[0]
+    out = torch.float64 if a.dtype == torch.float64 else torch.float32
+    return (
+        a.new_empty(a.shape, dtype=out),
+        b.new_empty(b.shape, dtype=out),
+        a.new_empty((B,), dtype=torch.int64),
+        a.new_empty((B,), dtype=out),
+    )
+
+
+def _outputs(a, b):
+    B = a.shape[0]
+    return (torch.empty_like(a), torch.empty_like(b),
+            torch.empty(B, dtype=torch.int64, device=a.device), a.new_empty(B))
+
+
+@torch.library.custom_op("pytransfer::sinkhorn_log_cpu", mutates_args=())
+def sinkhorn_log_cpu(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
+    f, g, n_iter, err = _outputs(a, b)
+    B, n = a.shape
+    _ext._C.sinkhorn_log(
+        str(a.dtype).removeprefix("torch."), a.data_ptr(), b.data_ptr(), cost.data_ptr(),
+        B, n, b.shape[1], cost.shape[0] == 1, eps, max_iter, tol,
+        f.data_ptr(), g.data_ptr(), n_iter.data_ptr(), err.data_ptr(),
+    )
+    return f, g, n_iter, err
+
+
+@torch.library.custom_op("pytransfer::sinkhorn_log_triton", mutates_args=())
+def sinkhorn_log_triton(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    from pytransfer.kernels.sinkhorn import sinkhorn_log_triton as launch
+
+    return launch(a.contiguous(), b.contiguous(), cost.contiguous(), eps, max_iter, tol)
+
+
+@torch.library.custom_op("pytransfer::sinkhorn_log_cuda", mutates_args=())
+def sinkhorn_log_cuda(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    a, b, cost = a.float().contiguous(), b.float().contiguous(), cost.float().contiguous()
+    f, g, n_iter, err = _outputs(a, b)
+    B, n = a.shape
+    _ext._C.sinkhorn_log_cuda(
+        a.data_ptr(), b.data_ptr(), cost.data_ptr(), B, n, b.shape[1], cost.shape[0] == 1,
+        eps, max_iter, tol, f.data_ptr(), g.data_ptr(), n_iter.data_ptr(), err.data_ptr(),
+        torch.cuda.current_stream().cuda_stream,
+    )
+    return f, g, n_iter, err
+
+
+for _op in (sinkhorn_log_cpu, sinkhorn_log_triton, sinkhorn_log_cuda):
+    _op.register_fake(_solver_fake)
+
+
+def _triton_supports(*, n: int, m: int, **_) -> str | None:
+    tile = 1 << ((n - 1).bit_length() + (m - 1).bit_length())
+    if tile > TRITON_MAX_TILE:
+        return f"the padded {n}x{m} problem exceeds one program's tile ({TRITON_MAX_TILE})"
+    return None
+
+
+_dispatch.register(OP, "reference", device_types=("cpu", "cuda"))(sinkhorn_log_reference)
+_dispatch.register(OP, "cpu", device_types=("cpu",), unavailable=_ext.unavailable)(
+    sinkhorn_log_cpu
+)
+_dispatch.register(
+    OP, "triton", device_types=("cuda",), unavailable=_ext.triton_unavailable,
+    supports=_triton_supports,
+)(sinkhorn_log_triton)
+_dispatch.register(OP, "cuda", device_types=("cuda",), unavailable=_ext.cuda_unavailable)(
+    sinkhorn_log_cuda
+)
+
+
+@torch.library.custom_op("pytransfer::sinkhorn_values", mutates_args=())
+def sinkhorn_values(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
+    eps: float, grad_mode: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(transport_cost, objective) per problem from converged potentials; cost (B|1, n, m)."""
+    plan = plan_from_potentials(a, b, cost, f, g, eps)
+    transport, objective = values_from_plan(a, b, cost, plan, eps)
+    return transport, objective
+
+
+@sinkhorn_values.register_fake
+def _(a, b, cost, f, g, eps, grad_mode):
+    return a.new_empty(a.shape[:1]), a.new_empty(a.shape[:1])
+
+
+def _setup_context(ctx, inputs, output):
+    a, b, cost, f, g, eps, grad_mode = inputs
+    ctx.save_for_backward(a, b, cost, f, g)
+    ctx.eps, ctx.grad_mode = eps, grad_mode
+
+
+def _backward(ctx, grad_transport, grad_objective):
+    a, b, cost, f, g = ctx.saved_tensors
+    eps = ctx.eps
+    plan = plan_from_potentials(a, b, cost, f, g, eps)
+    ga_o, gb_o, gC_o = implicit.objective_vjp(a, b, f, g, plan, eps)
+    if ctx.grad_mode == "implicit":
+        ga_t, gb_t, gC_t = implicit.transport_cost_vjp(a, b, cost, f, g, plan, eps)
+    else:  # JTLN eq. 11: the dual potentials, centered; d/dC = plan
+        ga_t, gb_t, gC_t = implicit.center(f, a > 0), implicit.center(g, b > 0), plan
+    wt, wo = grad_transport[:, None], grad_objective[:, None]
+    grad_a = wt * ga_t + wo * ga_o
+    grad_b = wt * gb_t + wo * gb_o
+    grad_C = wt[:, :, None] * gC_t + wo[:, :, None] * gC_o
+    if cost.shape[0] == 1 and a.shape[0] != 1:
+        grad_C = grad_C.sum(0, keepdim=True)
+    return grad_a, grad_b, grad_C, None, None, None, None
+
+
+sinkhorn_values.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,85 @@
+"""Gradients of Sinkhorn's outputs at the fixed point (DESIGN.md section 3, issue 3).
+
+With plan P_ij = exp((f_i + g_j - C_ij)/eps) and marginal constraints P 1 = a, P^T 1 = b,
+differentiating the constraints gives the (n + m) system
+
+    [diag(r)  P      ] [df]          [da]   [(P o dC) 1  ]
+    [P^T      diag(c)] [dg] = eps *  [db] + [(P o dC)^T 1]     (r = P 1, c = P^T 1),
+
+singular along (1, -1) only (the potentials' gauge). For L = <P, C> (the "sharp" Sinkhorn
+value, Luise et al. 2018) the adjoint z = H^{-1} w with w = [(P o C) 1; (P o C)^T 1] / eps
+gives grad_a = eps z_f, grad_b = eps z_g, grad_C = P o (1 - C/eps + z_f 1^T + 1 z_g^T).
+The system is solved through its Schur complement on the smaller side (m x m for n >= m),
+S = diag(c) - P^T diag(1/r) P, which is PSD with null space 1; adding 1 1^T on the support
+fixes the gauge. Zero-mass rows (columns) decouple; their adjoint is the limit a_i -> 0,
+z_i = sum_j q_ij (C_ij/eps - z_g,j) with q_i the conditional plan row softmax_j((g_j - C_ij)/eps).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def center(x: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
+    """x minus its mean over the support (gradients w.r.t. weights are defined up to a constant)."""
+    mean = (x * support).sum(-1, keepdim=True) / support.sum(-1, keepdim=True)
+    return x - mean
+
+
+def _adjoint_rows_eliminated(P, C, eps, sup_a, sup_b, f, g):
+    """Adjoint (z_f, z_g) of <P, C>, eliminating the row block (cheap when m <= n)."""
+    r = P.sum(-1)
+    c = P.sum(-2)
+    inv_r = torch.where(sup_a, 1 / torch.where(sup_a, r, 1), 0)
+    PC = P * C
+    wf = PC.sum(-1) / eps
+    wg = PC.sum(-2) / eps
+    Pt_scaled = P.transpose(-1, -2) * inv_r[:, None, :]  # P^T diag(1/r)   (B, m, n)
+    S = torch.diag_embed(c) - Pt_scaled @ P
+    mb = sup_b.to(P.dtype)
+    S = S + mb[:, :, None] * mb[:, None, :] + torch.diag_embed(1 - mb)
+    rhs = torch.where(sup_b, wg - (Pt_scaled @ wf[:, :, None])[..., 0], 0)
+    zg = torch.linalg.solve(S, rhs)
+    zf = (wf - (P @ zg[:, :, None])[..., 0]) * inv_r
+    # Zero-mass entries: conditional plans of the c-transforms (limits a_i -> 0, b_j -> 0).
+    ninf = torch.tensor(float("-inf"), dtype=P.dtype, device=P.device)
+    Ce = C / eps
+    q_row = torch.softmax(torch.where(sup_b[:, None, :], (g[:, None, :] - C) / eps, ninf), -1)
+    zf = torch.where(sup_a, zf, (q_row * (Ce - zg[:, None, :])).sum(-1))
+    q_col = torch.softmax(torch.where(sup_a[:, :, None], (f[:, :, None] - C) / eps, ninf), -2)
+    zg = torch.where(sup_b, zg, (q_col * (Ce - zf[:, :, None])).sum(-2))
+    return zf, zg
+
+
+def transport_cost_vjp(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
+    plan: torch.Tensor, eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact (grad_a, grad_b, grad_C) of <plan, C> per problem at the fixed point.
+
+    ``cost`` is (B, n, m) (expanded if shared). grad_a, grad_b are centered on the supports.
+    """
+    C = cost.expand_as(plan)
+    sup_a, sup_b = a > 0, b > 0
+    if plan.shape[-1] <= plan.shape[-2]:
+        zf, zg = _adjoint_rows_eliminated(plan, C, eps, sup_a, sup_b, f, g)
+    else:
+        tr = lambda x: x.transpose(-1, -2)  # noqa: E731
+        zg, zf = _adjoint_rows_eliminated(tr(plan), tr(C), eps, sup_b, sup_a, g, f)
+    grad_C = plan * (1 - C / eps + zf[:, :, None] + zg[:, None, :])
+    return center(eps * zf, sup_a), center(eps * zg, sup_b), grad_C
+
+
+def objective_vjp(
+    a: torch.Tensor, b: torch.Tensor, f: torch.Tensor, g: torch.Tensor, plan: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact (grad_a, grad_b, grad_C) of <P, C> + eps KL(P || a b^T) by the envelope theorem.
+
+    The multipliers of the KL-regularised problem are alpha = f - eps log a (beta likewise);
+    on zero-mass entries the extended f already is that multiplier (the c-transform).
+    """
+    sup_a, sup_b = a > 0, b > 0
+    alpha = torch.where(sup_a, f - eps * torch.log(torch.where(sup_a, a, 1)), f)
+    beta = torch.where(sup_b, g - eps * torch.log(torch.where(sup_b, b, 1)), g)
+    return center(alpha, sup_a), center(beta, sup_b), plan

@@ -1,0 +1,148 @@
+"""``pytransfer.ot.sinkhorn``: batched entropic OT between small histograms (DESIGN.md section 3).
+
+The JTLN loss (Lu et al., eq. 7-11) is ``transport_cost`` of this solver between the source
+and target classifier outputs, with the paper's lambda = 1/eps.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from pytransfer import _checks, _dispatch
+from pytransfer.ot import _ops
+from pytransfer.ot.reference import plan_from_potentials, values_from_plan
+
+GRADS = ("dual", "implicit", "unrolled")
+MASS_RTOL = 1e-5
+
+
+class SinkhornResult(NamedTuple):
+    """Per-problem results (leading batch dimension dropped for a single 1-D problem).
+
+    transport_cost: <plan, C> (POT's ``sinkhorn2`` value; JTLN's l_ot).
+    objective: <plan, C> + eps * KL(plan || a b^T), generalised KL.
+    f, g: potentials in cost units, plan_ij = exp((f_i + g_j - C_ij) / eps); zero-mass
+        entries hold the finite c-transform value.
+    n_iter: full iterations run; marginal_error: ||plan 1 - a||_1 of the returned state;
+    converged: marginal_error <= tol * mass; plan: only with ``return_plan=True``.
+    """
+
+    transport_cost: torch.Tensor
+    objective: torch.Tensor
+    f: torch.Tensor
+    g: torch.Tensor
+    n_iter: torch.Tensor
+    marginal_error: torch.Tensor
+    converged: torch.Tensor
+    plan: torch.Tensor | None = None
+
+
+def _validate(a, b, cost, eps, max_iter, tol, grad, check_inputs):
+    for name, x in (("a", a), ("b", b), ("cost", cost)):
+        _checks.floating(name, x)
+    device = _checks.same_device(a=a, b=b, cost=cost)
+    _checks.same_dtype(a=a, b=b, cost=cost)
+    _checks.positive_float("eps", eps)
+    _checks.positive_int("max_iter", max_iter)
+    _checks.nonneg_float("tol", tol)
+    _checks.choice("grad", grad, GRADS)
+    _checks.ndim("a", a, (1, 2))
+    _checks.ndim("b", b, (a.dim(),))
+    _checks.ndim("cost", cost, (2, 3))
+    if a.dim() == 1 and cost.dim() == 3:
+        raise ValueError("cost must be 2-D (n, m) for a single problem (1-D a and b)")
+    if a.dim() == 2 and a.shape[0] != b.shape[0]:
+        raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
+    n, m = a.shape[-1], b.shape[-1]
+    if n == 0 or m == 0:
+        raise ValueError(f"a and b must be non-empty, got n={n}, m={m}")
+    if tuple(cost.shape[-2:]) != (n, m):
+        raise ValueError(f"cost must end in (n, m) = ({n}, {m}), got shape {tuple(cost.shape)}")
+    if cost.dim() == 3 and cost.shape[0] != a.shape[0]:
+        raise ValueError(f"cost batch {cost.shape[0]} must equal the batch of a and b ({a.shape[0]})")
+    if check_inputs:
+        for name, x in (("a", a), ("b", b), ("cost", cost)):
+            _checks.finite(name, x)
+        _checks.nonnegative("a", a)
+        _checks.nonnegative("b", b)
+        ma, mb = a.sum(-1), b.sum(-1)
+        if bool((ma <= 0).any()):
+            raise ValueError("a has a problem with zero total mass (all-zero weights)")
+        if bool((mb <= 0).any()):
+            raise ValueError("b has a problem with zero total mass (all-zero weights)")
+        gap = ((ma - mb).abs() / torch.maximum(ma, mb)).max()
+        if bool(gap > MASS_RTOL):
+            raise ValueError(
+                f"a and b must have equal total mass per problem (relative gap {float(gap):.2e} "
+                f"> {MASS_RTOL}); normalise them or use unbalanced OT"
+            )
+    return device
+
+
+def sinkhorn(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    cost: torch.Tensor,
+    eps: float,
+    *,
+    max_iter: int = 1000,
+    tol: float = 1e-6,
+    grad: str = "dual",
+    backend: str = "auto",
+    return_plan: bool = False,
+    check_inputs: bool = True,
+) -> SinkhornResult:
+    """Solve B entropic OT problems min_P <P, C> + eps KL(P || a b^T), P 1 = a, P^T 1 = b.
+
+    Args:
+        a: (B, n) or (n,) non-negative weights; b: (B, m) or (m,), same mass per problem.
+            Zero-mass entries (padding of ragged problems) are allowed.
+        cost: (n, m) shared by all problems, or (B, n, m).
+        eps: entropic regularisation (> 0, in cost units; JTLN's lambda = 1/eps).
+        max_iter: iteration cap; tol: a problem stops when ||P 1 - a||_1 <= tol * mass
+            (tol=0 runs exactly max_iter iterations).
+        grad: gradient rule for backward: ``"dual"`` (JTLN eq. 11: d/da = f - mean f,
+            d/db = g - mean g, d/dC = plan for ``transport_cost``; the exact envelope gradient
+            for ``objective``), ``"implicit"`` (exact gradient of both values at the fixed
+            point), ``"unrolled"`` (autograd through the loop, reference backend only).
+        backend: ``"auto" | "reference" | "cpu" | "triton" | "cuda"``.
+        return_plan: also return the (B, n, m) plan (differentiable only with "unrolled").
+        check_inputs: run value checks (NaN/Inf, signs, masses; needs a host sync).
+
+    Float16/bfloat16 inputs are upcast to float32. Gradients w.r.t. a and b are centered on the
+    positive-mass entries (total mass is constrained, so they are defined up to a constant).
+    """
+    device = _validate(a, b, cost, eps, max_iter, tol, grad, check_inputs)
+    single = a.dim() == 1
+    if single:
+        a, b, cost = a[None], b[None], cost[None]
+    elif cost.dim() == 2:
+        cost = cost[None]
+    if a.dtype in (torch.float16, torch.bfloat16):
+        a, b, cost = a.float(), b.float(), cost.float()
+    eps = float(eps)
+    name, solve = _dispatch.resolve(
+        _ops.OP, backend, device.type, n=a.shape[1], m=b.shape[1]
+    )
+    if grad == "unrolled":
+        if name != "reference":
+            raise ValueError(
+                f"grad='unrolled' differentiates through the iterations and needs "
+                f"backend='reference', got backend {name!r}"
+            )
+        f, g, n_iter, err = solve(a, b, cost, eps, max_iter, tol)
+        plan = plan_from_potentials(a, b, cost, f, g, eps)
+        transport, objective = values_from_plan(a, b, cost, plan, eps)
+    else:
+        with torch.no_grad():
+            f, g, n_iter, err = solve(a.detach(), b.detach(), cost.detach(), eps, max_iter, tol)
+        transport, objective = _ops.sinkhorn_values(a, b, cost, f, g, eps, grad)
+        plan = plan_from_potentials(a, b, cost, f, g, eps).detach() if return_plan else None
+    converged = err <= tol * a.detach().sum(-1)
+    out = SinkhornResult(transport, objective, f, g, n_iter, err, converged,
+                         plan if return_plan else None)
+    if single:
+        out = SinkhornResult(*(x[0] if x is not None else None for x in out))
+    return out
