@@ -151,3 +151,34 @@ template void sinkhorn_log_cpu<double>(const double*, const double*, const doubl
                                        double*, int64_t*, double*);
 
 }  // namespace pytransfer
+
+// ------------------------------------------------------------------ Python bindings
+#include <stdexcept>
+#include <string>
+
+#include "bindings.h"
+
+PYTRANSFER_BINDINGS(bind_sinkhorn) {
+  using pytransfer::ptr;
+  m.def(
+      "sinkhorn_log",
+      [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t cost,
+         int64_t B, int64_t n, int64_t m_, bool shared_cost, double eps, int64_t max_iter,
+         double tol, std::uintptr_t f, std::uintptr_t g, std::uintptr_t n_iter,
+         std::uintptr_t err) {
+        if (dtype != "float32" && dtype != "float64")
+          throw std::invalid_argument("sinkhorn_log: dtype must be float32 or float64");
+        pybind11::gil_scoped_release nogil;
+        if (dtype == "float32")
+          pytransfer::sinkhorn_log_cpu<float>(
+              ptr<const float>(a), ptr<const float>(b), ptr<const float>(cost), B, n, m_,
+              shared_cost, static_cast<float>(eps), max_iter, static_cast<float>(tol),
+              ptr<float>(f), ptr<float>(g), ptr<int64_t>(n_iter), ptr<float>(err));
+        else
+          pytransfer::sinkhorn_log_cpu<double>(
+              ptr<const double>(a), ptr<const double>(b), ptr<const double>(cost), B, n, m_,
+              shared_cost, eps, max_iter, tol, ptr<double>(f), ptr<double>(g),
+              ptr<int64_t>(n_iter), ptr<double>(err));
+      },
+      "Batched log-domain Sinkhorn (see csrc/sinkhorn_cpu.h)");
+}

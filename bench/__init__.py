@@ -1,0 +1,1 @@
+"""Benchmark harness: pytest-benchmark suites (bench_*.py) and the report CLI (report.py)."""

@@ -1,0 +1,139 @@
+"""Batched log-domain Sinkhorn (issue 3): JTLN-sized problems, B x (78 x 22), eps = 0.05.
+
+Anchors in the same run: this package's reference backend, POT per-problem ``ot.sinkhorn2``
+(log-domain) loop, POT ``ot.batch.solve_batch`` (log_sinkhorn). ``tol=0``: exactly 100
+iterations everywhere. Targets: C++ >= 3x reference, >= 20x POT loop; early exit >= 2x fewer
+iterations than stopping at the slowest problem; implicit backward <= 10% of the forward.
+
+    python -m bench.report sinkhorn            # report (table, JSON, PNG)
+    pytest bench/bench_sinkhorn.py --benchmark-enable   # pytest-benchmark suite
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import ot
+import pytest
+import torch
+
+from bench.common import Case, pin_one_thread, time_call
+from pytransfer.ot import sinkhorn
+
+N, M, EPS, ITERS = 78, 22, 0.05, 100
+POT_LOOP_PROBLEMS = 256  # the POT loop is timed on this many problems and scaled linearly
+
+
+def problem(B: int, seed: int = 0, dtype=torch.float32):
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.rand(B, N, generator=gen, dtype=dtype) + 0.01
+    b = torch.rand(B, M, generator=gen, dtype=dtype) + 0.01
+    cost = torch.rand(N, M, generator=gen, dtype=dtype)
+    return a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True), cost / cost.max()
+
+
+def _pot_loop(a, b, cost, count):
+    an, bn, cn = a[:count].double().numpy(), b[:count].double().numpy(), cost.double().numpy()
+
+    def run():
+        for k in range(count):
+            ot.sinkhorn2(an[k], bn[k], cn, EPS, method="sinkhorn_log", numItermax=ITERS,
+                         stopThr=0.0)
+    return run
+
+
+def candidates(B: int) -> dict:
+    a, b, cost = problem(B)
+    costB = cost.expand(B, N, M).contiguous()
+    return {
+        "pytransfer cpu": lambda: sinkhorn(a, b, cost, EPS, max_iter=ITERS, tol=0.0,
+                                           backend="cpu"),
+        "pytransfer reference": lambda: sinkhorn(a, b, cost, EPS, max_iter=ITERS, tol=0.0,
+                                                 backend="reference"),
+        "POT ot.batch log_sinkhorn": lambda: ot.batch.solve_batch(
+            costB, EPS, a, b, max_iter=ITERS, tol=0.0, method="log_sinkhorn", grad="detach"),
+    }
+
+
+def _early_exit_metrics(B: int):
+    """Mixed easy/hard problems at tol=1e-6: total iterations vs stopping at the slowest."""
+    def metrics():
+        a, b, _ = problem(B, seed=1, dtype=torch.float64)
+        gen = torch.Generator().manual_seed(2)
+        scale = torch.where(torch.rand(B, generator=gen) < 0.5, 0.1, 1.0).double()
+        cost = torch.rand(B, N, M, generator=gen, dtype=torch.float64) * scale[:, None, None]
+        res = sinkhorn(a, b, cost, EPS, max_iter=10000, tol=1e-6, backend="cpu")
+        total = float(res.n_iter.sum())
+        slowest = float(res.n_iter.max()) * B
+        return {"iterations saved by per-problem exit (slowest*B / total)":
+                (slowest / total, 2.0, ">=")}
+    return metrics
+
+
+def _implicit_metrics(B: int):
+    def metrics():
+        a, b, cost = problem(B)
+        a.requires_grad_(True)
+        cost.requires_grad_(True)
+        fwd = time_call(lambda: sinkhorn(a, b, cost, EPS, max_iter=ITERS, tol=0.0,
+                                         grad="implicit"), rounds=3)
+
+        def fwd_bwd():
+            sinkhorn(a, b, cost, EPS, max_iter=ITERS, tol=0.0,
+                     grad="implicit").transport_cost.sum().backward()
+        both = time_call(fwd_bwd, rounds=3)
+        return {"implicit backward / forward time": ((both - fwd) / fwd, 0.10, "<=")}
+    return metrics
+
+
+def cases(quick: bool = False) -> list[Case]:
+    pin_one_thread()
+    B = 256 if quick else 4096
+    cands = candidates(B)
+    a, b, cost = problem(B)
+    count = min(B, 64 if quick else POT_LOOP_PROBLEMS)
+    loop = _pot_loop(a, b, cost, count)
+    factor = B / count
+    pot_label = f"POT sinkhorn2 loop (timed on {count}, x{factor:g})"
+    cands[pot_label] = loop
+    main = Case(
+        op="sinkhorn", name=f"B={B} {N}x{M} eps={EPS} {ITERS} it fp32", subject="pytransfer cpu",
+        candidates=cands,
+        targets={"pytransfer reference": 3.0, pot_label: 20.0},
+        rounds=1 if not quick else 2, scale={pot_label: factor},
+    )
+    extra = Case(op="sinkhorn", name=f"B={B} early exit and implicit backward",
+                 subject="pytransfer cpu", candidates={"pytransfer cpu": cands["pytransfer cpu"]},
+                 metrics=lambda: {**_early_exit_metrics(B)(), **_implicit_metrics(B)()}, rounds=1)
+    return [main, extra]
+
+
+# ------------------------------------------------------------- pytest-benchmark suite
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    pin_one_thread()
+
+
+@pytest.mark.parametrize("label", ["pytransfer cpu", "pytransfer reference",
+                                   "POT ot.batch log_sinkhorn"])
+def test_sinkhorn_b4096(benchmark, label):
+    fn = candidates(4096)[label]
+    benchmark.pedantic(fn, rounds=3, warmup_rounds=1)
+
+
+def test_pot_loop_256(benchmark):
+    a, b, cost = problem(POT_LOOP_PROBLEMS)
+    benchmark.pedantic(_pot_loop(a, b, cost, POT_LOOP_PROBLEMS), rounds=1, warmup_rounds=0)
+
+
+def test_sinkhorn_implicit_backward(benchmark):
+    a, b, cost = problem(4096)
+    a.requires_grad_(True)
+
+    def run():
+        sinkhorn(a, b, cost, EPS, max_iter=ITERS, tol=0.0, grad="implicit").transport_cost.sum().backward()
+    benchmark.pedantic(run, rounds=3, warmup_rounds=1)
+
+
+def test_no_nan_in_benchmark_workload():
+    res = sinkhorn(*problem(64), EPS, max_iter=ITERS, tol=0.0)
+    assert np.isfinite(res.transport_cost.numpy()).all()
