@@ -36,7 +36,7 @@ def demo(steps: int = typer.Option(300, help="training steps per run"),
     from pytransfer.data import digits_transfer
     from pytransfer.methods.jtln import JTLN, JTLNConfig, class_mean_cost, target_accuracy, train_jtln
 
-    settings = {"joint training, no OT (alpha=0)": 0.0, "JTLN, OT loss (alpha=1)": 1.0}
+    settings = {"joint training, no OT (alpha=0)": 0.0, "JTLN, OT loss (alpha=0.1)": 0.1}
     results: dict[str, list[float]] = {k: [] for k in settings}
     times: dict[str, float] = dict.fromkeys(settings, 0.0)
     with Progress(console=console, transient=True) as progress:

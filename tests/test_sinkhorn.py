@@ -297,6 +297,17 @@ def test_opcheck_values(mode, shared):
     torch.library.opcheck(_ops.sinkhorn_values, args)
 
 
+@pytest.mark.parametrize("n,m", [(4, 3), (2, 5)])
+def test_opcheck_adjoint(n, m):
+    from pytransfer.ot.implicit import sinkhorn_adjoint
+
+    a, b, C = random_problem(2, n, m)
+    a[0, 1] = 0  # exercise the zero-mass branch
+    a = a / a.sum(-1, keepdim=True)
+    res = sinkhorn(a, b, C, 0.1, tol=1e-12, return_plan=True)
+    torch.library.opcheck(sinkhorn_adjoint, (a, b, C[None], res.f, res.g, res.plan, 0.1))
+
+
 def test_torch_compile_fullgraph():
     a, b, C = random_problem(3, 5, 4, dtype=torch.float32)
 

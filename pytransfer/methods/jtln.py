@@ -43,7 +43,7 @@ class JTLN(nn.Module):
 class JTLNConfig:
     steps: int = 300
     lr: float = 1e-2
-    alpha: float = 1.0  # weight of the OT loss (0: the "joint training without OT" baseline)
+    alpha: float = 0.1  # weight of the OT loss (0: the "joint training without OT" baseline)
     eps: float = 0.1  # entropic regularisation, the paper's 1/lambda
     batch: int = 128
     seed: int = 0

@@ -103,39 +103,46 @@ _dispatch.register(OP, "cuda", device_types=("cuda",), unavailable=_ext.cuda_una
 def sinkhorn_values(
     a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
     eps: float, grad_mode: str,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(transport_cost, objective) per problem from converged potentials; cost (B|1, n, m)."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(transport_cost, objective, plan) from converged potentials; cost (B|1, n, m).
+
+    The plan is an output (saved for backward, returned by ``return_plan``) without gradient.
+    """
     plan = plan_from_potentials(a, b, cost, f, g, eps)
-    transport, objective = values_from_plan(a, b, cost, plan, eps)
-    return transport, objective
+    transport, objective = values_from_plan(a, b, cost, plan, f, g, eps)
+    return transport, objective, plan
 
 
 @sinkhorn_values.register_fake
 def _(a, b, cost, f, g, eps, grad_mode):
-    return a.new_empty(a.shape[:1]), a.new_empty(a.shape[:1])
+    B, n, m = a.shape[0], a.shape[1], b.shape[1]
+    return a.new_empty((B,)), a.new_empty((B,)), a.new_empty((B, n, m))
 
 
 def _setup_context(ctx, inputs, output):
     a, b, cost, f, g, eps, grad_mode = inputs
-    ctx.save_for_backward(a, b, cost, f, g)
+    ctx.mark_non_differentiable(output[2])
+    ctx.save_for_backward(a, b, cost, f, g, output[2])
     ctx.eps, ctx.grad_mode = eps, grad_mode
 
 
-def _backward(ctx, grad_transport, grad_objective):
-    a, b, cost, f, g = ctx.saved_tensors
+def _backward(ctx, grad_transport, grad_objective, _grad_plan):
+    a, b, cost, f, g, plan = ctx.saved_tensors
     eps = ctx.eps
-    plan = plan_from_potentials(a, b, cost, f, g, eps)
+    need_a, need_b, need_C = ctx.needs_input_grad[:3]
     ga_o, gb_o, gC_o = implicit.objective_vjp(a, b, f, g, plan, eps)
     if ctx.grad_mode == "implicit":
-        ga_t, gb_t, gC_t = implicit.transport_cost_vjp(a, b, cost, f, g, plan, eps)
+        ga_t, gb_t, gC_t = implicit.transport_cost_vjp(a, b, cost, f, g, plan, eps, need_C)
     else:  # JTLN eq. 11: the dual potentials, centered; d/dC = plan
         ga_t, gb_t, gC_t = implicit.center(f, a > 0), implicit.center(g, b > 0), plan
     wt, wo = grad_transport[:, None], grad_objective[:, None]
-    grad_a = wt * ga_t + wo * ga_o
-    grad_b = wt * gb_t + wo * gb_o
-    grad_C = wt[:, :, None] * gC_t + wo[:, :, None] * gC_o
-    if cost.shape[0] == 1 and a.shape[0] != 1:
-        grad_C = grad_C.sum(0, keepdim=True)
+    grad_a = wt * ga_t + wo * ga_o if need_a else None
+    grad_b = wt * gb_t + wo * gb_o if need_b else None
+    grad_C = None
+    if need_C:
+        grad_C = wt[:, :, None] * gC_t + wo[:, :, None] * gC_o
+        if cost.shape[0] == 1 and a.shape[0] != 1:
+            grad_C = grad_C.sum(0, keepdim=True)
     return grad_a, grad_b, grad_C, None, None, None, None
 
 

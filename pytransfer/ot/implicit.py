@@ -28,12 +28,10 @@ def center(x: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
 
 def _adjoint_rows_eliminated(P, C, eps, sup_a, sup_b, f, g):
     """Adjoint (z_f, z_g) of <P, C>, eliminating the row block (cheap when m <= n)."""
-    r = P.sum(-1)
-    c = P.sum(-2)
+    r, c = P.sum(-1), P.sum(-2)
     inv_r = torch.where(sup_a, 1 / torch.where(sup_a, r, 1), 0)
     PC = P * C
-    wf = PC.sum(-1) / eps
-    wg = PC.sum(-2) / eps
+    wf, wg = PC.sum(-1) / eps, PC.sum(-2) / eps
     Pt_scaled = P.transpose(-1, -2) * inv_r[:, None, :]  # P^T diag(1/r)   (B, m, n)
     S = torch.diag_embed(c) - Pt_scaled @ P
     mb = sup_b.to(P.dtype)
@@ -43,22 +41,21 @@ def _adjoint_rows_eliminated(P, C, eps, sup_a, sup_b, f, g):
     zf = (wf - (P @ zg[:, :, None])[..., 0]) * inv_r
     # Zero-mass entries: conditional plans of the c-transforms (limits a_i -> 0, b_j -> 0).
     ninf = torch.tensor(float("-inf"), dtype=P.dtype, device=P.device)
-    Ce = C / eps
-    q_row = torch.softmax(torch.where(sup_b[:, None, :], (g[:, None, :] - C) / eps, ninf), -1)
-    zf = torch.where(sup_a, zf, (q_row * (Ce - zg[:, None, :])).sum(-1))
-    q_col = torch.softmax(torch.where(sup_a[:, :, None], (f[:, :, None] - C) / eps, ninf), -2)
-    zg = torch.where(sup_b, zg, (q_col * (Ce - zf[:, :, None])).sum(-2))
+    if not bool(sup_a.all()):
+        q_row = torch.softmax(torch.where(sup_b[:, None, :], (g[:, None, :] - C) / eps, ninf), -1)
+        zf = torch.where(sup_a, zf, (q_row * (C / eps - zg[:, None, :])).sum(-1))
+    if not bool(sup_b.all()):
+        q_col = torch.softmax(torch.where(sup_a[:, :, None], (f[:, :, None] - C) / eps, ninf), -2)
+        zg = torch.where(sup_b, zg, (q_col * (C / eps - zf[:, :, None])).sum(-2))
     return zf, zg
 
 
-def transport_cost_vjp(
+@torch.library.custom_op("pytransfer::sinkhorn_adjoint", mutates_args=())
+def sinkhorn_adjoint(
     a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
     plan: torch.Tensor, eps: float,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact (grad_a, grad_b, grad_C) of <plan, C> per problem at the fixed point.
-
-    ``cost`` is (B, n, m) (expanded if shared). grad_a, grad_b are centered on the supports.
-    """
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Adjoint (z_f, z_g) of <plan, C> (an opaque op: its zero-mass branch reads values)."""
     C = cost.expand_as(plan)
     sup_a, sup_b = a > 0, b > 0
     if plan.shape[-1] <= plan.shape[-2]:
@@ -66,8 +63,28 @@ def transport_cost_vjp(
     else:
         tr = lambda x: x.transpose(-1, -2)  # noqa: E731
         zg, zf = _adjoint_rows_eliminated(tr(plan), tr(C), eps, sup_b, sup_a, g, f)
-    grad_C = plan * (1 - C / eps + zf[:, :, None] + zg[:, None, :])
-    return center(eps * zf, sup_a), center(eps * zg, sup_b), grad_C
+    return zf.contiguous(), zg.contiguous()
+
+
+@sinkhorn_adjoint.register_fake
+def _(a, b, cost, f, g, plan, eps):
+    return torch.empty_like(f), torch.empty_like(g)
+
+
+def transport_cost_vjp(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
+    plan: torch.Tensor, eps: float, need_cost_grad: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Exact (grad_a, grad_b, grad_C) of <plan, C> per problem at the fixed point.
+
+    ``cost`` is (B, n, m) or (1, n, m). grad_a, grad_b are centered on the supports; grad_C is
+    skipped (None) unless ``need_cost_grad``.
+    """
+    zf, zg = sinkhorn_adjoint(a, b, cost, f, g, plan, eps)
+    grad_C = None
+    if need_cost_grad:
+        grad_C = plan * (1 - cost / eps + zf[:, :, None] + zg[:, None, :])
+    return center(eps * zf, a > 0), center(eps * zg, b > 0), grad_C
 
 
 def objective_vjp(

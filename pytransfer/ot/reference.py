@@ -66,14 +66,18 @@ def plan_from_potentials(
 
 
 def values_from_plan(
-    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, plan: torch.Tensor, eps: float
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, plan: torch.Tensor, f: torch.Tensor,
+    g: torch.Tensor, eps: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(<plan, C>, <plan, C> + eps KL(plan || a b^T)) per problem, generalised KL."""
+    """(<P, C>, <P, C> + eps KL(P || a b^T)) per problem, generalised KL.
+
+    With log P = (f + g - C)/eps on the support the objective needs only the marginals of P:
+    <P 1, f - eps log a> + <P^T 1, g - eps log b> - eps sum P + eps |a| |b|.
+    """
     transport = (plan * cost).sum((-2, -1))
     log_a, _ = _masked_log(a)
     log_b, _ = _masked_log(b)
-    pos = plan > 0
-    log_ratio = torch.log(torch.where(pos, plan, 1)) - log_a[:, :, None] - log_b[:, None, :]
-    kl = torch.where(pos, plan * log_ratio, 0).sum((-2, -1)) - plan.sum((-2, -1))
-    kl = kl + a.sum(-1) * b.sum(-1)
-    return transport, transport + eps * kl
+    r, c = plan.sum(-1), plan.sum(-2)
+    objective = ((r * (f - eps * log_a)).sum(-1) + (c * (g - eps * log_b)).sum(-1)
+                 - eps * r.sum(-1) + eps * a.sum(-1) * b.sum(-1))
+    return transport, objective

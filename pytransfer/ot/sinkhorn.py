@@ -134,12 +134,11 @@ def sinkhorn(
             )
         f, g, n_iter, err = solve(a, b, cost, eps, max_iter, tol)
         plan = plan_from_potentials(a, b, cost, f, g, eps)
-        transport, objective = values_from_plan(a, b, cost, plan, eps)
+        transport, objective = values_from_plan(a, b, cost, plan, f, g, eps)
     else:
         with torch.no_grad():
             f, g, n_iter, err = solve(a.detach(), b.detach(), cost.detach(), eps, max_iter, tol)
-        transport, objective = _ops.sinkhorn_values(a, b, cost, f, g, eps, grad)
-        plan = plan_from_potentials(a, b, cost, f, g, eps).detach() if return_plan else None
+        transport, objective, plan = _ops.sinkhorn_values(a, b, cost, f, g, eps, grad)
     converged = err <= tol * a.detach().sum(-1)
     out = SinkhornResult(transport, objective, f, g, n_iter, err, converged,
                          plan if return_plan else None)
