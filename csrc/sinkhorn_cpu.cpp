@@ -64,7 +64,8 @@ void scale_cost(const T* C, int64_t n, int64_t m, T eps, T* K, T* KT) {
 
 template <typename T>
 void solve_one(const T* a, const T* b, const T* K, const T* KT, int64_t n, int64_t m, T eps,
-               int64_t max_iter, T tol, T* f, T* g, int64_t* n_iter, T* err, T* work) {
+               int64_t max_iter, T tol, const T* g_init, T* f, T* g, int64_t* n_iter, T* err,
+               T* work) {
   const int64_t np = padded(n, kLanes<T>), mp = padded(m, kLanes<T>);
   const int64_t len = std::max(np, mp);
   T* F = work;             // scaled potentials f/eps, g/eps (padded)
@@ -84,7 +85,7 @@ void solve_one(const T* a, const T* b, const T* K, const T* KT, int64_t n, int64
     log_b[j] = b[j] > 0 ? std::log(b[j]) : T(0);
     if (b[j] > 0) cols.push_back(j);
   }
-  std::fill(G, G + m, T(0));
+  for (int64_t j = 0; j < m; ++j) G[j] = g_init != nullptr ? g_init[j] / eps : T(0);
   const T thr = tol * mass;
   int64_t it = 0;
   T e = 0;
@@ -113,8 +114,8 @@ void solve_one(const T* a, const T* b, const T* K, const T* KT, int64_t n, int64
 
 template <typename T>
 void sinkhorn_log_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
-                      bool shared_cost, T eps, int64_t max_iter, T tol, T* f, T* g,
-                      int64_t* n_iter, T* err) {
+                      bool shared_cost, T eps, int64_t max_iter, T tol, const T* g_init, T* f,
+                      T* g, int64_t* n_iter, T* err, int threads) {
   const int64_t nm = n * m;
   const int64_t np = padded(n, kLanes<T>), mp = padded(m, kLanes<T>);
   const int64_t Ksize = n * mp, KTsize = m * np;
@@ -124,7 +125,7 @@ void sinkhorn_log_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t 
     KTshared.resize(KTsize);
     scale_cost(cost, n, m, eps, Kshared.data(), KTshared.data());
   }
-#pragma omp parallel
+#pragma omp parallel num_threads(threads)
   {
     std::vector<T> K(shared_cost ? 0 : Ksize), KT(shared_cost ? 0 : KTsize);
     std::vector<T> work(7 * std::max(np, mp));
@@ -137,18 +138,19 @@ void sinkhorn_log_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t 
         Kp = K.data();
         KTp = KT.data();
       }
-      solve_one(a + p * n, b + p * m, Kp, KTp, n, m, eps, max_iter, tol, f + p * n, g + p * m,
-                n_iter + p, err + p, work.data());
+      solve_one(a + p * n, b + p * m, Kp, KTp, n, m, eps, max_iter, tol,
+                g_init != nullptr ? g_init + p * m : nullptr, f + p * n, g + p * m, n_iter + p,
+                err + p, work.data());
     }
   }
 }
 
 template void sinkhorn_log_cpu<float>(const float*, const float*, const float*, int64_t, int64_t,
-                                      int64_t, bool, float, int64_t, float, float*, float*,
-                                      int64_t*, float*);
+                                      int64_t, bool, float, int64_t, float, const float*, float*,
+                                      float*, int64_t*, float*, int);
 template void sinkhorn_log_cpu<double>(const double*, const double*, const double*, int64_t,
-                                       int64_t, int64_t, bool, double, int64_t, double, double*,
-                                       double*, int64_t*, double*);
+                                       int64_t, int64_t, bool, double, int64_t, double,
+                                       const double*, double*, double*, int64_t*, double*, int);
 
 }  // namespace pytransfer
 
@@ -164,8 +166,8 @@ PYTRANSFER_BINDINGS(bind_sinkhorn) {
       "sinkhorn_log",
       [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t cost,
          int64_t B, int64_t n, int64_t m_, bool shared_cost, double eps, int64_t max_iter,
-         double tol, std::uintptr_t f, std::uintptr_t g, std::uintptr_t n_iter,
-         std::uintptr_t err) {
+         double tol, std::uintptr_t g_init, std::uintptr_t f, std::uintptr_t g,
+         std::uintptr_t n_iter, std::uintptr_t err, int threads) {
         if (dtype != "float32" && dtype != "float64")
           throw std::invalid_argument("sinkhorn_log: dtype must be float32 or float64");
         pybind11::gil_scoped_release nogil;
@@ -173,12 +175,13 @@ PYTRANSFER_BINDINGS(bind_sinkhorn) {
           pytransfer::sinkhorn_log_cpu<float>(
               ptr<const float>(a), ptr<const float>(b), ptr<const float>(cost), B, n, m_,
               shared_cost, static_cast<float>(eps), max_iter, static_cast<float>(tol),
-              ptr<float>(f), ptr<float>(g), ptr<int64_t>(n_iter), ptr<float>(err));
+              ptr<const float>(g_init), ptr<float>(f), ptr<float>(g), ptr<int64_t>(n_iter),
+              ptr<float>(err), threads);
         else
           pytransfer::sinkhorn_log_cpu<double>(
               ptr<const double>(a), ptr<const double>(b), ptr<const double>(cost), B, n, m_,
-              shared_cost, eps, max_iter, tol, ptr<double>(f), ptr<double>(g),
-              ptr<int64_t>(n_iter), ptr<double>(err));
+              shared_cost, eps, max_iter, tol, ptr<const double>(g_init), ptr<double>(f),
+              ptr<double>(g), ptr<int64_t>(n_iter), ptr<double>(err), threads);
       },
       "Batched log-domain Sinkhorn (see csrc/sinkhorn_cpu.h)");
 }

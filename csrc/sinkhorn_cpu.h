@@ -10,9 +10,12 @@ namespace pytransfer {
 // (zero-mass entries carry the finite c-transform value and get no mass), the number of full
 // iterations n_iter (B,) and the final marginal error ||plan 1 - a||_1 (B,).
 // A problem stops on its own once its error is <= tol * mass (tol > 0), else at max_iter.
+// g_init (B, m), optional (nullptr: g = 0): warm start, e.g. a problem handed over by the
+// scaling form after absorbing its scalings. `threads`: OpenMP threads (the caller passes
+// torch.get_num_threads(), so the kernel never oversubscribes what torch was told to use).
 template <typename T>
 void sinkhorn_log_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
-                      bool shared_cost, T eps, int64_t max_iter, T tol, T* f, T* g,
-                      int64_t* n_iter, T* err);
+                      bool shared_cost, T eps, int64_t max_iter, T tol, const T* g_init, T* f,
+                      T* g, int64_t* n_iter, T* err, int threads);
 
 }  // namespace pytransfer

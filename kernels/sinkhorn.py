@@ -33,9 +33,9 @@ def _lse_cols(F, K, row_ok, floor):
 
 @triton.jit
 def _sinkhorn_log_kernel(
-    a_ptr, b_ptr, c_ptr, f_ptr, g_ptr, it_ptr, err_ptr,
+    a_ptr, b_ptr, c_ptr, g0_ptr, f_ptr, g_ptr, it_ptr, err_ptr,
     n, m, cost_stride, eps, max_iter, tol, floor,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, ACC: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, ACC: tl.constexpr, WARM: tl.constexpr,
 ):
     p = tl.program_id(0).to(tl.int64)
     rows = tl.arange(0, BLOCK_N)
@@ -52,7 +52,10 @@ def _sinkhorn_log_kernel(
     thr = tl.where(tol > 0, tol * tl.sum(a, 0), -1.0)  # tol = 0: never stop early
 
     # Iteration 1, then the error of its state (a by-product of the next row pass).
-    G = tl.zeros([BLOCK_M], dtype=ACC)
+    if WARM:  # warm start g0 (cost units), e.g. handed over by the scaling form
+        G = tl.load(g0_ptr + p * m + cols, mask=cols < m, other=0.0).to(ACC) / eps
+    else:
+        G = tl.zeros([BLOCK_M], dtype=ACC)
     F = log_a - _lse_rows(G, K, col_ok, floor)
     G = log_b - _lse_cols(F, K, row_ok, floor)
     lse_r = _lse_rows(G, K, col_ok, floor)
@@ -72,7 +75,8 @@ def _sinkhorn_log_kernel(
 
 
 def sinkhorn_log_triton(
-    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float,
+    g_init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Launch one program per problem; a (B, n), b (B, m), cost (B|1, n, m), contiguous."""
     B, n = a.shape
@@ -85,8 +89,9 @@ def sinkhorn_log_triton(
     err = torch.empty(B, dtype=out, device=a.device)
     floor = -700.0 if out == torch.float64 else -80.0
     _sinkhorn_log_kernel[(B,)](
-        a, b, cost, f, g, n_iter, err,
+        a, b, cost, g if g_init is None else g_init, f, g, n_iter, err,
         n, m, 0 if cost.shape[0] == 1 else n * m, float(eps), int(max_iter), float(tol), floor,
         BLOCK_N=triton.next_power_of_2(n), BLOCK_M=triton.next_power_of_2(m), ACC=acc,
+        WARM=g_init is not None,
     )
     return f, g, n_iter, err

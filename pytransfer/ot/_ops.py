@@ -11,15 +11,16 @@ from __future__ import annotations
 import torch
 
 from pytransfer import _dispatch, _ext
-from pytransfer.ot import implicit
+from pytransfer.ot import implicit, scaling
 from pytransfer.ot.reference import plan_from_potentials, sinkhorn_log_reference, values_from_plan
 
 OP = "sinkhorn"
+OP_SCALING = "sinkhorn_scaling"
 GRAD_MODES = ("dual", "implicit")
 TRITON_MAX_TILE = 1 << 14  # padded n * m held by one Triton program
 
 
-def _solver_fake(a, b, cost, eps, max_iter, tol):
+def _solver_fake(a, b, cost, eps, max_iter, tol, g_init=None):
     B = a.shape[0]
     out = torch.float64 if a.dtype == torch.float64 else torch.float32
     return (
@@ -38,7 +39,8 @@ def _outputs(a, b):
 
 @torch.library.custom_op("pytransfer::sinkhorn_log_cpu", mutates_args=())
 def sinkhorn_log_cpu(
-    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float,
+    g_init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
     f, g, n_iter, err = _outputs(a, b)
@@ -46,24 +48,30 @@ def sinkhorn_log_cpu(
     _ext._C.sinkhorn_log(
         str(a.dtype).removeprefix("torch."), a.data_ptr(), b.data_ptr(), cost.data_ptr(),
         B, n, b.shape[1], cost.shape[0] == 1, eps, max_iter, tol,
-        f.data_ptr(), g.data_ptr(), n_iter.data_ptr(), err.data_ptr(),
+        0 if g_init is None else g_init.contiguous().data_ptr(),
+        f.data_ptr(), g.data_ptr(), n_iter.data_ptr(), err.data_ptr(), torch.get_num_threads(),
     )
     return f, g, n_iter, err
 
 
 @torch.library.custom_op("pytransfer::sinkhorn_log_triton", mutates_args=())
 def sinkhorn_log_triton(
-    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float,
+    g_init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from pytransfer.kernels.sinkhorn import sinkhorn_log_triton as launch
 
-    return launch(a.contiguous(), b.contiguous(), cost.contiguous(), eps, max_iter, tol)
+    return launch(a.contiguous(), b.contiguous(), cost.contiguous(), eps, max_iter, tol,
+                  None if g_init is None else g_init.contiguous())
 
 
 @torch.library.custom_op("pytransfer::sinkhorn_log_cuda", mutates_args=())
 def sinkhorn_log_cuda(
-    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float,
+    g_init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    if g_init is not None:
+        raise NotImplementedError("the CUDA C++ Sinkhorn kernel has no warm start")
     a, b, cost = a.float().contiguous(), b.float().contiguous(), cost.float().contiguous()
     f, g, n_iter, err = _outputs(a, b)
     B, n = a.shape
@@ -97,6 +105,54 @@ _dispatch.register(
 _dispatch.register(OP, "cuda", device_types=("cuda",), unavailable=_ext.cuda_unavailable)(
     sinkhorn_log_cuda
 )
+
+
+@torch.library.custom_op("pytransfer::sinkhorn_scaling_cpu", mutates_args=())
+def sinkhorn_scaling_cpu(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scaling form, shared cost (1, n, m): BLAS GEMMs + the fused C++ half-step."""
+    return scaling.sinkhorn_scaling(a.contiguous(), b.contiguous(), cost.contiguous(), eps,
+                                    max_iter, tol, scaling.div_cpu, sinkhorn_log_cpu)
+
+
+sinkhorn_scaling_cpu.register_fake(_solver_fake)
+
+
+@torch.library.custom_op("pytransfer::sinkhorn_scaling_triton", mutates_args=())
+def sinkhorn_scaling_triton(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scaling form in one Triton kernel; flagged problems are re-solved in the log domain."""
+    from pytransfer.kernels.sinkhorn_scaling import sinkhorn_scaling_triton as launch
+
+    lo, hi = scaling.SAFE_RANGE[torch.float64 if a.dtype == torch.float64 else torch.float32]
+    a, b = a.contiguous(), b.contiguous()
+    f, g, n_iter, err, bad = launch(a, b, cost, eps, max_iter, tol, lo, hi)
+    if bool(bad.any()):
+        i = bad.nonzero()[:, 0]
+        f[i], g[i], n_iter[i], err[i] = sinkhorn_log_triton(a[i], b[i], cost, eps, max_iter, tol)
+    return f, g, n_iter, err
+
+
+sinkhorn_scaling_triton.register_fake(_solver_fake)
+
+
+def sinkhorn_scaling_reference(a, b, cost, eps, max_iter, tol):
+    return scaling.sinkhorn_scaling(a, b, cost, eps, max_iter, tol, scaling.div_reference,
+                                    sinkhorn_log_reference)
+
+
+_dispatch.register(OP_SCALING, "reference", device_types=("cpu", "cuda"))(
+    sinkhorn_scaling_reference
+)
+_dispatch.register(OP_SCALING, "cpu", device_types=("cpu",), unavailable=_ext.unavailable)(
+    sinkhorn_scaling_cpu
+)
+_dispatch.register(
+    OP_SCALING, "triton", device_types=("cuda",), unavailable=_ext.triton_unavailable,
+    supports=_triton_supports,
+)(sinkhorn_scaling_triton)
 
 
 @torch.library.custom_op("pytransfer::sinkhorn_values", mutates_args=())

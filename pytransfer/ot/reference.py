@@ -19,9 +19,11 @@ def _masked_log(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sinkhorn_log_reference(
-    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float,
+    g_init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Return ``(f, g, n_iter, err)``; each problem stops once ``err <= tol * mass`` (tol > 0).
+    ``g_init`` (B, m) warm-starts g (default 0).
 
     Iteration k maps (f, g) to f_i = eps log a_i - eps LSE_j((g_j - C_ij)/eps), then
     g_j = eps log b_j - eps LSE_i((f_i - C_ij)/eps). ``err`` is ||plan 1 - a||_1 of the final
@@ -33,7 +35,7 @@ def sinkhorn_log_reference(
     log_b, sup_b = _masked_log(b)
     ninf = torch.tensor(float("-inf"), dtype=a.dtype, device=a.device)
     F = torch.zeros_like(a)
-    G = torch.zeros_like(b)
+    G = torch.zeros_like(b) if g_init is None else g_init / eps
     thr = tol * a.sum(-1)
     n_iter = torch.zeros(B, dtype=torch.int64, device=a.device)
     err = torch.zeros_like(thr)

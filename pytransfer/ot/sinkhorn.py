@@ -13,8 +13,10 @@ import torch
 from pytransfer import _checks, _dispatch
 from pytransfer.ot import _ops
 from pytransfer.ot.reference import plan_from_potentials, values_from_plan
+from pytransfer.ot.scaling import AUTO_RANGE, MAX_RANGE, scaling_range
 
 GRADS = ("dual", "implicit", "unrolled")
+METHODS = ("auto", "log", "scaling")
 MASS_RTOL = 1e-5
 
 
@@ -39,7 +41,7 @@ class SinkhornResult(NamedTuple):
     plan: torch.Tensor | None = None
 
 
-def _validate(a, b, cost, eps, max_iter, tol, grad, check_inputs):
+def _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs):
     for name, x in (("a", a), ("b", b), ("cost", cost)):
         _checks.floating(name, x)
     device = _checks.same_device(a=a, b=b, cost=cost)
@@ -48,6 +50,7 @@ def _validate(a, b, cost, eps, max_iter, tol, grad, check_inputs):
     _checks.positive_int("max_iter", max_iter)
     _checks.nonneg_float("tol", tol)
     _checks.choice("grad", grad, GRADS)
+    _checks.choice("method", method, METHODS)
     _checks.ndim("a", a, (1, 2))
     _checks.ndim("b", b, (a.dim(),))
     _checks.ndim("cost", cost, (2, 3))
@@ -81,6 +84,24 @@ def _validate(a, b, cost, eps, max_iter, tol, grad, check_inputs):
     return device
 
 
+def _choose_method(method: str, shared: bool, grad: str, cost: torch.Tensor, eps: float) -> str:
+    if method == "scaling":
+        if not shared:
+            raise ValueError("method='scaling' needs a shared (n, m) cost; got a batched cost")
+        if grad == "unrolled":
+            raise ValueError("grad='unrolled' differentiates the log-domain loop: use method='log'")
+        span = scaling_range(cost, eps)
+        if span > MAX_RANGE[cost.dtype]:
+            raise ValueError(
+                f"method='scaling': (max C - min C)/eps = {span:.4g} exceeds "
+                f"{MAX_RANGE[cost.dtype]:g}, where exp(-C/eps) underflows in {cost.dtype}; "
+                "use method='log' (or 'auto')")
+        return method
+    if method == "log" or not shared or grad == "unrolled" or torch.compiler.is_compiling():
+        return "log"  # under torch.compile "auto" avoids the host sync of reading the range
+    return "scaling" if scaling_range(cost, eps) <= AUTO_RANGE[cost.dtype] else "log"
+
+
 def sinkhorn(
     a: torch.Tensor,
     b: torch.Tensor,
@@ -90,6 +111,7 @@ def sinkhorn(
     max_iter: int = 1000,
     tol: float = 1e-6,
     grad: str = "dual",
+    method: str = "auto",
     backend: str = "auto",
     return_plan: bool = False,
     check_inputs: bool = True,
@@ -107,6 +129,10 @@ def sinkhorn(
             d/db = g - mean g, d/dC = plan for ``transport_cost``; the exact envelope gradient
             for ``objective``), ``"implicit"`` (exact gradient of both values at the fixed
             point), ``"unrolled"`` (autograd through the loop, reference backend only).
+        method: ``"log"`` (log-domain iterations), ``"scaling"`` (two GEMMs per iteration with
+            a shared K = exp(-C/eps), absorption-stabilised; shared cost only) or ``"auto"``:
+            scaling when the cost is shared, grad is not "unrolled" and (max C - min C)/eps
+            <= 50 (float32) / 500 (float64), else log. Both give the same iterates.
         backend: ``"auto" | "reference" | "cpu" | "triton" | "cuda"``.
         return_plan: also return the (B, n, m) plan (differentiable only with "unrolled").
         check_inputs: run value checks (NaN/Inf, signs, masses; needs a host sync).
@@ -114,7 +140,8 @@ def sinkhorn(
     Float16/bfloat16 inputs are upcast to float32. Gradients w.r.t. a and b are centered on the
     positive-mass entries (total mass is constrained, so they are defined up to a constant).
     """
-    device = _validate(a, b, cost, eps, max_iter, tol, grad, check_inputs)
+    device = _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs)
+    shared = cost.dim() == 2
     single = a.dim() == 1
     if single:
         a, b, cost = a[None], b[None], cost[None]
@@ -123,9 +150,9 @@ def sinkhorn(
     if a.dtype in (torch.float16, torch.bfloat16):
         a, b, cost = a.float(), b.float(), cost.float()
     eps = float(eps)
-    name, solve = _dispatch.resolve(
-        _ops.OP, backend, device.type, n=a.shape[1], m=b.shape[1]
-    )
+    method = _choose_method(method, shared, grad, cost, eps)
+    op = _ops.OP_SCALING if method == "scaling" else _ops.OP
+    name, solve = _dispatch.resolve(op, backend, device.type, n=a.shape[1], m=b.shape[1])
     if grad == "unrolled":
         if name != "reference":
             raise ValueError(

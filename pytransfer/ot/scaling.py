@@ -1,0 +1,136 @@
+"""Scaling-form Sinkhorn for a shared cost, stabilised by absorption (issue 4).
+
+With K = exp(-(C - min C)/eps) computed once, an iteration for all B problems is two GEMMs,
+    u = a / (v K^T),   v = b / (u K),
+the same iterates as the log domain: f = eps log u + min C, g = eps log v. The division, the
+marginal error (a by-product of the next GEMM: ||u * (K v) - a||_1) and a range check run in
+one fused pass. A problem whose scalings leave the safe range is absorbed (Schmitzer 2019): its
+last in-range scalings become log potentials, g = eps log v, and it continues in the log
+domain from there; the others keep sharing K. Converged problems leave the working set, so a
+GEMM only ever spans the active problems (per-problem early exit).
+
+``method="auto"`` uses this path when the cost is shared and (max C - min C)/eps is at most
+``AUTO_RANGE[dtype]`` (50 for float32, 500 for float64: K's smallest entry e^-50 / e^-500 is
+far from underflow), and the log domain otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from pytransfer import _ext
+
+AUTO_RANGE = {torch.float32: 50.0, torch.float64: 500.0}
+#: beyond this exponent range K's entries underflow: method="scaling" is refused
+MAX_RANGE = {torch.float32: 80.0, torch.float64: 700.0}
+#: scalings outside [lo, hi] trigger absorption. Chosen so that K v and K^T u stay normal
+#: for K >= e^-AUTO_RANGE (float32: 1e-15 * e^-50 ~ 2e-37 > 1.2e-38).
+SAFE_RANGE = {torch.float32: (1e-15, 1e15), torch.float64: (1e-80, 1e80)}
+
+# (w, den, x_old, x_new, with_err) -> (err | None, bad mask | None when no problem is bad);
+# writes x_new = w / den
+DivFn = Callable[..., tuple[torch.Tensor | None, torch.Tensor]]
+
+
+def div_reference(w, den, x_old, x_new, with_err):
+    lo, hi = SAFE_RANGE[w.dtype]
+    err = (x_old * den - w).abs().sum(-1) if with_err else None
+    support = w > 0
+    x_new.copy_(torch.where(support, w / torch.where(support, den, 1), 0))
+    bad = (support & ~((x_new >= lo) & (x_new <= hi))).any(-1)
+    return err, (bad if bool(bad.any()) else None)
+
+
+def div_cpu(w, den, x_old, x_new, with_err):
+    B, length = w.shape
+    err = torch.empty(B, dtype=w.dtype)
+    bad = torch.empty(B, dtype=torch.uint8)
+    lo, hi = SAFE_RANGE[w.dtype]
+    any_bad = _ext._C.scaling_div(str(w.dtype).removeprefix("torch."), w.data_ptr(),
+                                  den.data_ptr(), x_old.data_ptr(), x_new.data_ptr(), B, length,
+                                  with_err, err.data_ptr(), bad.data_ptr(), lo, hi,
+                                  torch.get_num_threads())
+    return (err if with_err else None), (bad.bool() if any_bad else None)
+
+
+def scaling_range(cost: torch.Tensor, eps: float) -> float:
+    """(max C - min C) / eps: the exponent range of K (host sync)."""
+    cost = cost.detach()
+    return float(cost.max() - cost.min()) / eps
+
+
+def sinkhorn_scaling(a, b, cost, eps, max_iter, tol, div: DivFn, log_solver):
+    """(f, g, n_iter, err) for a (B, n), b (B, m), shared cost (1, n, m); see the module doc."""
+    B, n = a.shape
+    m = b.shape[1]
+    C = cost[0]
+    cmin = C.min()
+    K = torch.exp(-(C - cmin) / eps)
+    Kt = K.t().contiguous()
+    thr = tol * a.sum(-1)
+    f, g = torch.empty_like(a), torch.empty_like(b)
+    n_iter = torch.zeros(B, dtype=torch.int64, device=a.device)
+    err = torch.zeros_like(thr)
+    absorbed_ids, absorbed_g, absorbed_it = [], [], []
+
+    ids = torch.arange(B, device=a.device)
+    A, Bw, T = a.contiguous(), b.contiguous(), thr
+    U, U_new = torch.zeros_like(A), torch.empty_like(A)
+    V, V_new = (Bw > 0).to(a.dtype), torch.empty_like(Bw)  # g = 0 on the support
+    KtU = None
+
+    def keep(mask):
+        nonlocal ids, A, Bw, T, U, U_new, V, V_new, KtU
+        ids, A, Bw, T = ids[mask], A[mask], Bw[mask], T[mask]
+        U, U_new, V, V_new = U[mask], U_new[mask], V[mask], V_new[mask]
+        KtU = KtU[mask] if KtU is not None else None
+
+    def absorb(mask, V_good, it):
+        absorbed_ids.append(ids[mask])
+        absorbed_g.append(torch.where(Bw[mask] > 0, eps * torch.log(V_good[mask]), 0))
+        absorbed_it.append(torch.full_like(ids[mask], it))
+        keep(~mask)
+
+    it = 0
+    while True:
+        KV = V @ Kt
+        check = it == max_iter or (it > 0 and tol > 0)
+        e, bad = div(A, KV, U, U_new, check)
+        if check:
+            stop = torch.ones_like(ids, dtype=torch.bool) if it == max_iter else e <= T
+            if bool(stop.any()):  # finish them with the state (U, V) whose error is e
+                i = ids[stop]
+                log_kv = torch.log(KV[stop])
+                f[i] = torch.where(A[stop] > 0, eps * torch.log(U[stop]), -eps * log_kv) + cmin
+                g[i] = torch.where(Bw[stop] > 0, eps * torch.log(V[stop]),
+                                   -eps * torch.log(KtU[stop]))
+                n_iter[i], err[i] = it, e[stop]
+                keep(~stop)
+                bad = bad[~stop] if bad is not None and bool(bad[~stop].any()) else None
+                if ids.numel() == 0:
+                    break
+        if bad is not None:
+            absorb(bad, V, it)
+            if ids.numel() == 0:
+                break
+        U, U_new = U_new, U
+        KtU = U @ K
+        _, bad = div(Bw, KtU, V, V_new, False)
+        if bad is not None:
+            absorb(bad, V, it)
+            if ids.numel() == 0:
+                break
+        V, V_new = V_new, V
+        it += 1
+
+    if absorbed_ids:  # continue absorbed problems in the log domain from their potentials
+        ids_all, g_all, it_all = map(torch.cat, (absorbed_ids, absorbed_g, absorbed_it))
+        for done in torch.unique(it_all).tolist():  # one call per iteration count already run
+            sel = it_all == done
+            i = ids_all[sel]
+            fi, gi, ni, ei = log_solver(a[i], b[i], cost, eps, max(max_iter - done, 1), tol,
+                                        g_all[sel])
+            f[i], g[i], n_iter[i], err[i] = fi, gi, ni + done, ei
+    return f, g, n_iter, err
