@@ -82,6 +82,7 @@ setup(
         "pytransfer.nn",
         "pytransfer.data",
         "pytransfer.methods",
+        "pytransfer.free_energy",
         "pytransfer.kernels",
     ],
     package_dir={"pytransfer": "pytransfer", "pytransfer.kernels": "kernels"},

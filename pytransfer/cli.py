@@ -28,11 +28,20 @@ def backends() -> None:
 
 
 @app.command()
-def demo(steps: int = typer.Option(300, help="training steps per run"),
-         seeds: int = typer.Option(3, help="runs per setting"),
+def demo(steps: int = typer.Option(300, help="JTLN training steps per run"),
+         seeds: int = typer.Option(3, help="JTLN runs per setting"),
          target_per_class: int = typer.Option(5, help="labelled target samples per class"),
-         eps: float = typer.Option(0.1, help="entropic regularisation (JTLN's 1/lambda)")) -> None:
-    """JTLN on sklearn digits: source 0-4 -> target 5-9 with few target labels, OT loss vs none."""
+         eps: float = typer.Option(0.1, help="entropic regularisation (JTLN's 1/lambda)"),
+         quick: bool = typer.Option(False, help="shorter runs of every method")) -> None:
+    """The main job on sklearn digits (0-4 -> 5-9), one table per method: JTLN with the OT
+    loss vs joint training, and the free-energy iso-classification process."""
+    _jtln_demo(steps, seeds, target_per_class, eps)
+    from pytransfer.methods import free_energy
+
+    free_energy.run_demo(console, quick=quick)
+
+
+def _jtln_demo(steps: int, seeds: int, target_per_class: int, eps: float) -> None:
     from pytransfer.data import digits_transfer
     from pytransfer.methods.jtln import JTLN, JTLNConfig, class_mean_cost, target_accuracy, train_jtln
 

@@ -11,10 +11,11 @@ runner = CliRunner()
 
 
 def test_demo_prints_accuracy_table():
-    result = runner.invoke(app, ["demo", "--steps", "20", "--seeds", "1"])
+    result = runner.invoke(app, ["demo", "--steps", "20", "--seeds", "1", "--quick"])
     assert result.exit_code == 0, result.output
     accs = [float(x) for x in re.findall(r"(\d\.\d{3}) ±", result.output)]
     assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
+    assert "free-energy iso-classification on digits" in result.output
 
 
 def test_backends_command_lists_sinkhorn():
