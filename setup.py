@@ -83,6 +83,7 @@ setup(
         "pytransfer.data",
         "pytransfer.methods",
         "pytransfer.free_energy",
+        "pytransfer.hscore",
         "pytransfer.kernels",
     ],
     package_dir={"pytransfer": "pytransfer", "pytransfer.kernels": "kernels"},

@@ -22,7 +22,7 @@ from rich.table import Table
 
 from bench.common import Case, pin_one_thread, time_call
 
-OPS = ("sinkhorn", "gibbs")
+OPS = ("sinkhorn", "hscore", "gibbs")
 app = typer.Typer(add_completion=False)
 console = Console()
 

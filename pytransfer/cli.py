@@ -14,6 +14,10 @@ app = typer.Typer(help="pytransfer: fast kernels for information-theoretic trans
                   no_args_is_help=True)
 console = Console()
 
+from pytransfer.hscore.cli import app as hscore_app  # noqa: E402
+
+app.add_typer(hscore_app, name="hscore", help="H-score transferability: rank features/sources")
+
 
 @app.command()
 def backends() -> None:
@@ -34,10 +38,13 @@ def demo(steps: int = typer.Option(300, help="JTLN training steps per run"),
          eps: float = typer.Option(0.1, help="entropic regularisation (JTLN's 1/lambda)"),
          quick: bool = typer.Option(False, help="shorter runs of every method")) -> None:
     """The main job on sklearn digits (0-4 -> 5-9), one table per method: JTLN with the OT
-    loss vs joint training, and the free-energy iso-classification process."""
-    _jtln_demo(steps, seeds, target_per_class, eps)
-    from pytransfer.methods import free_energy
+    loss vs joint training, H-score ranking of layers and source tasks against the accuracy
+    transfer reaches, and the free-energy iso-classification process."""
+    from pytransfer.methods import free_energy, hscore_demo
 
+    torch.set_num_threads(1)  # small models: intra-op threads only add overhead
+    _jtln_demo(steps, seeds, target_per_class, eps)
+    hscore_demo.run_demo(console, quick=quick)
     free_energy.run_demo(console, quick=quick)
 
 

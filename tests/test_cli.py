@@ -16,6 +16,7 @@ def test_demo_prints_accuracy_table():
     accs = [float(x) for x in re.findall(r"(\d\.\d{3}) ±", result.output)]
     assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
     assert "free-energy iso-classification on digits" in result.output
+    assert "Layer choice" in result.output and "Spearman" in result.output
 
 
 def test_backends_command_lists_sinkhorn():

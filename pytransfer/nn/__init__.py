@@ -1,5 +1,6 @@
 """Drop-in ``torch.nn`` losses built on the pytransfer ops."""
 
+from pytransfer.nn.hscore_loss import HScore
 from pytransfer.nn.ot_loss import OTLoss
 
-__all__ = ["OTLoss"]
+__all__ = ["HScore", "OTLoss"]

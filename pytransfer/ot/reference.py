@@ -61,10 +61,14 @@ def plan_from_potentials(
     a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
     eps: float,
 ) -> torch.Tensor:
-    """plan_ij = exp((f_i + g_j - C_ij)/eps) on the support of a x b, exactly 0 off it."""
-    support = (a > 0)[:, :, None] & (b > 0)[:, None, :]
-    arg = (f[:, :, None] + g[:, None, :] - cost) / eps
-    return torch.where(support, torch.exp(torch.where(support, arg, 0)), 0)
+    """plan_ij = exp((f_i + g_j - C_ij)/eps) on the support of a x b, exactly 0 off it.
+
+    Zero-mass entries enter as -inf potentials, so no (B, n, m) mask is formed.
+    """
+    ninf = torch.tensor(float("-inf"), dtype=f.dtype, device=f.device)
+    fs = torch.where(a > 0, f / eps, ninf)
+    gs = torch.where(b > 0, g / eps, ninf)
+    return torch.exp(fs[:, :, None] + gs[:, None, :] - cost / eps)
 
 
 def values_from_plan(
@@ -76,7 +80,10 @@ def values_from_plan(
     With log P = (f + g - C)/eps on the support the objective needs only the marginals of P:
     <P 1, f - eps log a> + <P^T 1, g - eps log b> - eps sum P + eps |a| |b|.
     """
-    transport = (plan * cost).sum((-2, -1))
+    if cost.shape[0] == 1:  # shared cost: one matrix-vector product
+        transport = plan.flatten(1) @ cost.flatten()
+    else:
+        transport = (plan * cost).sum((-2, -1))
     log_a, _ = _masked_log(a)
     log_b, _ = _masked_log(b)
     r, c = plan.sum(-1), plan.sum(-2)
