@@ -84,6 +84,7 @@ setup(
         "pytransfer.methods",
         "pytransfer.free_energy",
         "pytransfer.hscore",
+        "pytransfer.mmd",
         "pytransfer.kernels",
     ],
     package_dir={"pytransfer": "pytransfer", "pytransfer.kernels": "kernels"},

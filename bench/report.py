@@ -22,7 +22,7 @@ from rich.table import Table
 
 from bench.common import Case, pin_one_thread, time_call
 
-OPS = ("sinkhorn", "hscore", "gibbs")
+OPS = ("sinkhorn", "mmd", "hscore", "gibbs")
 app = typer.Typer(add_completion=False)
 console = Console()
 

@@ -1,8 +1,8 @@
 """pytransfer: fast, exact kernels for information-theoretic transfer learning in PyTorch."""
 
-from pytransfer import free_energy, hscore, nn, ot
+from pytransfer import free_energy, hscore, mmd, nn, ot
 from pytransfer._dispatch import BACKENDS, BackendUnavailableError, backends
 
 __version__ = "0.1.0"
-__all__ = ["BACKENDS", "BackendUnavailableError", "backends", "free_energy", "hscore", "nn",
-           "ot", "__version__"]
+__all__ = ["BACKENDS", "BackendUnavailableError", "backends", "free_energy", "hscore", "mmd",
+           "nn", "ot", "__version__"]

@@ -50,7 +50,7 @@ def demo(steps: int = typer.Option(300, help="JTLN training steps per run"),
 
 def _jtln_demo(steps: int, seeds: int, target_per_class: int, eps: float) -> None:
     from pytransfer.data import digits_transfer
-    from pytransfer.methods.jtln import JTLN, JTLNConfig, class_mean_cost, target_accuracy, train_jtln
+    from pytransfer.methods.jtln import JTLN, JTLNConfig, mmd_class_cost, target_accuracy, train_jtln
 
     settings = {"joint training, no OT (alpha=0)": 0.0, "JTLN, OT loss (alpha=0.1)": 0.1}
     results: dict[str, list[float]] = {k: [] for k in settings}
@@ -59,7 +59,7 @@ def _jtln_demo(steps: int, seeds: int, target_per_class: int, eps: float) -> Non
         task = progress.add_task("training", total=steps * seeds * len(settings))
         for seed in range(seeds):
             data = digits_transfer(target_per_class=target_per_class, seed=seed)
-            cost = class_mean_cost(data.xs, data.ys, data.xt_train, data.yt_train, 5, 5)
+            cost = mmd_class_cost(data.xs, data.ys, data.xt_train, data.yt_train, 5, 5)
             for name, alpha in settings.items():
                 torch.manual_seed(seed)
                 model = JTLN(64, 5, 5)

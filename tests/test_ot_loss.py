@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from pytransfer.methods.jtln import JTLN, JTLNConfig, class_mean_cost, train_jtln
+from pytransfer.methods.jtln import JTLN, JTLNConfig, mmd_class_cost, train_jtln
 from pytransfer.nn import OTLoss
 from pytransfer.ot import sinkhorn
 
@@ -53,7 +53,7 @@ def test_jtln_checkpoint_resume_is_exact(tmp_path):
     gen = torch.Generator().manual_seed(0)
     xs, xt, xu = (torch.rand(40, 8, generator=gen) for _ in range(3))
     ys, yt = torch.arange(40) % 3, torch.arange(40) % 2
-    cost = class_mean_cost(xs, ys, xt, yt, 3, 2)
+    cost = mmd_class_cost(xs, ys, xt, yt, 3, 2)
 
     def run(steps, ckpt):
         torch.manual_seed(0)

@@ -317,3 +317,13 @@ def test_torch_compile_fullgraph():
 
     eager = sinkhorn(a, b, C, 0.1, backend="cpu").transport_cost.sum()
     torch.testing.assert_close(loss(a, b, C), eager)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_inputs_are_upcast(dtype):
+    a, b, C = random_problem(3, 6, 4, dtype=torch.float32, seed=5)
+    ref = sinkhorn(a.to(dtype).float(), b.to(dtype).float(), C.to(dtype).float(), 0.1,
+                   check_inputs=False)
+    out = sinkhorn(a.to(dtype), b.to(dtype), C.to(dtype), 0.1)  # mass gap of rounding allowed
+    assert out.f.dtype == torch.float32
+    torch.testing.assert_close(out.transport_cost, ref.transport_cost)

@@ -75,11 +75,12 @@ def _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs):
             raise ValueError("a has a problem with zero total mass (all-zero weights)")
         if bool((mb <= 0).any()):
             raise ValueError("b has a problem with zero total mass (all-zero weights)")
-        gap = ((ma - mb).abs() / torch.maximum(ma, mb)).max()
-        if bool(gap > MASS_RTOL):
+        gap = ((ma.double() - mb.double()).abs() / torch.maximum(ma, mb).double()).max()
+        rtol = max(MASS_RTOL, 4 * torch.finfo(a.dtype).eps)  # half inputs: their rounding
+        if bool(gap > rtol):
             raise ValueError(
                 f"a and b must have equal total mass per problem (relative gap {float(gap):.2e} "
-                f"> {MASS_RTOL}); normalise them or use unbalanced OT"
+                f"> {rtol:.0e}); normalise them or use unbalanced OT"
             )
     return device
 
