@@ -11,8 +11,8 @@ from __future__ import annotations
 import gc
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 
 @dataclass
@@ -22,7 +22,8 @@ class Case:
     subject: str  # label of the implementation whose speed is reported
     candidates: dict[str, Callable[[], object]]  # label -> callable (subject included)
     targets: dict[str, float] = field(default_factory=dict)  # anchor -> required speed-up
-    # Non-time figures (iteration counts, memory, time fractions): name -> (value, target, ">="|"<=")
+    # Non-time figures (iteration counts, memory, time fractions):
+    # name -> (value, target, ">=" | "<=")
     metrics: Callable[[], dict[str, tuple[float, float | None, str]]] | None = None
     rounds: int = 3
     # label -> factor: a candidate timed on a subset of the workload (e.g. a slow per-problem

@@ -49,7 +49,8 @@ def run_case(case: Case) -> dict:
     metrics = {}
     if case.metrics is not None:
         for name, (value, target, sense) in case.metrics().items():
-            met = None if target is None else (value >= target if sense == ">=" else value <= target)
+            met = None if target is None else (
+                value >= target if sense == ">=" else value <= target)
             metrics[name] = {"value": value, "target": target, "sense": sense, "met": met}
     return {"op": case.op, "case": case.name, "subject": case.subject, "times_s": times,
             "ratios": ratios, "metrics": metrics}
@@ -102,7 +103,8 @@ def _plot(records: list[dict], path: Path) -> None:
 @app.command()
 def main(ops: list[str] = typer.Argument(None, help=f"ops to run (default: all of {OPS})"),
          quick: bool = typer.Option(False, help="smaller workloads (smoke run)"),
-         out: Path = typer.Option(Path("bench/results"), help="folder for report.json/.png")) -> None:
+         out: Path = typer.Option(Path("bench/results"), help="folder for report.json/.png"),
+         ) -> None:
     pin_one_thread()
     records = []
     for op in ops or OPS:

@@ -4,5 +4,14 @@ from pytransfer import free_energy, hscore, mmd, nn, ot
 from pytransfer._dispatch import BACKENDS, BackendUnavailableError, backends
 
 __version__ = "0.1.0"
-__all__ = ["BACKENDS", "BackendUnavailableError", "backends", "free_energy", "hscore", "mmd",
-           "nn", "ot", "__version__"]
+__all__ = [
+           "BACKENDS",
+           "BackendUnavailableError",
+           "__version__",
+           "backends",
+           "free_energy",
+           "hscore",
+           "mmd",
+           "nn",
+           "ot",
+]

@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
 AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
@@ -66,6 +67,34 @@ def register(
     return deco
 
 
+def register_backends(
+    op: str,
+    *,
+    reference: Callable[..., Any],
+    cpu: Callable[..., Any] | None = None,
+    triton: Callable[..., Any] | None = None,
+    cuda: Callable[..., Any] | None = None,
+    cpu_unavailable: Callable[[], str | None] | None = None,
+    supports: dict[str, Callable[..., str | None]] | None = None,
+) -> None:
+    """Register the usual set: reference (any device), cpu (compiled, CPU tensors; needs
+    pytransfer._C unless ``cpu_unavailable`` says otherwise), triton and cuda (CUDA tensors).
+    ``supports`` maps backend names to input predicates."""
+    from pytransfer import _ext
+
+    supports = supports or {}
+    table = {
+        "reference": (reference, ("cpu", "cuda"), None),
+        "cpu": (cpu, ("cpu",), cpu_unavailable or _ext.unavailable),
+        "triton": (triton, ("cuda",), _ext.triton_unavailable),
+        "cuda": (cuda, ("cuda",), _ext.cuda_unavailable),
+    }
+    for name, (fn, devices, unavailable) in table.items():
+        if fn is not None:
+            register(op, name, device_types=devices, unavailable=unavailable,
+                     supports=supports.get(name))(fn)
+
+
 def check_backend_name(backend: object) -> str:
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -90,7 +119,8 @@ def resolve(op: str, backend: str, device_type: str, **inputs: Any) -> tuple[str
         impl = impls.get(backend)
         if impl is None:
             raise BackendUnavailableError(f"{op}: no {backend!r} implementation exists")
-        why = impl.unavailable() or _device_ok(impl, backend, device_type) or impl.supports(**inputs)
+        why = (impl.unavailable() or _device_ok(impl, backend, device_type)
+               or impl.supports(**inputs))
         if why:
             raise BackendUnavailableError(f"{op}: backend {backend!r} cannot run: {why}")
         return backend, impl.fn

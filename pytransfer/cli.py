@@ -50,7 +50,13 @@ def demo(steps: int = typer.Option(300, help="JTLN training steps per run"),
 
 def _jtln_demo(steps: int, seeds: int, target_per_class: int, eps: float) -> None:
     from pytransfer.data import digits_transfer
-    from pytransfer.methods.jtln import JTLN, JTLNConfig, mmd_class_cost, target_accuracy, train_jtln
+    from pytransfer.methods.jtln import (
+        JTLN,
+        JTLNConfig,
+        mmd_class_cost,
+        target_accuracy,
+        train_jtln,
+    )
 
     settings = {"joint training, no OT (alpha=0)": 0.0, "JTLN, OT loss (alpha=0.1)": 0.1}
     results: dict[str, list[float]] = {k: [] for k in settings}

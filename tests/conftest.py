@@ -4,10 +4,10 @@ import os
 
 os.environ["TRITON_INTERPRET"] = "1"
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from pytransfer import _ext  # noqa: E402
+from pytransfer import _ext
 
 torch.set_num_threads(1)
 

@@ -203,7 +203,7 @@ def test_dead_and_dependent_columns_are_reported():
     with pytest.raises(ValueError, match=r"constant \(dead\) columns.*\[2\]"):
         h_score(dead.float(), y, backend="cpu")
     dep = torch.cat([f, f[:, :1] + f[:, 1:2]], 1)
-    with pytest.raises(ValueError, match="singular or not positive definite.*shrinkage"):
+    with pytest.raises(ValueError, match=r"singular or not positive definite.*shrinkage"):
         h_score(dep, y)
     assert float(h_score(dead, y, shrinkage=0.1)) > 0
 

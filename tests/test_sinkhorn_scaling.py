@@ -65,8 +65,7 @@ def test_auto_switches_at_threshold_without_jump():
 
 def test_auto_picks_log_for_batched_cost_or_unrolled(monkeypatch):
     calls = []
-    monkeypatch.setattr(scaling, "sinkhorn_scaling",
-                        lambda *args, **kw: calls.append(1) or (_ for _ in ()).throw(AssertionError))
+    monkeypatch.setattr(scaling, "sinkhorn_scaling", lambda *args, **kw: calls.append(1))
     a, b, C = random_problem(2, 3, 4, shared=False)
     sinkhorn(a, b, C, 0.1)
     sinkhorn(a, b, C[0], 0.1, grad="unrolled", backend="reference")

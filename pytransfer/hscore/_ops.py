@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from pytransfer import _dispatch, _ext
+from pytransfer import _dispatch
 from pytransfer.hscore.reference import segment_sq_reference, stats_reference
 
 OP_STATS = "hscore_stats"
@@ -85,10 +85,8 @@ def _stats_reference(features, labels, shift, num_classes, chunk_size):
     return stats_reference(features, labels, shift, num_classes)
 
 
-_dispatch.register(OP_STATS, "reference", device_types=("cpu", "cuda"))(_stats_reference)
-_dispatch.register(OP_STATS, "cpu", device_types=("cpu",))(hscore_stats_cpu)
-_dispatch.register(OP_STATS, "triton", device_types=("cuda",),
-                   unavailable=_ext.triton_unavailable)(hscore_stats_triton)
+_dispatch.register_backends(OP_STATS, reference=_stats_reference, cpu=hscore_stats_cpu,
+                            triton=hscore_stats_triton, cpu_unavailable=lambda: None)
 
 
 def _numba_unavailable() -> str | None:
@@ -136,10 +134,9 @@ for _op in (hscore_segment_sq_cpu, hscore_segment_sq_triton):
     _op.register_fake(_segment_fake)
 
 
-_dispatch.register(OP_SEGMENT, "reference", device_types=("cpu", "cuda"))(
-    lambda g, label_maps, num_classes: tuple(
-        x.double() for x in segment_sq_reference(g.double(), label_maps, num_classes)))
-_dispatch.register(OP_SEGMENT, "cpu", device_types=("cpu",), unavailable=_numba_unavailable)(
-    hscore_segment_sq_cpu)
-_dispatch.register(OP_SEGMENT, "triton", device_types=("cuda",),
-                   unavailable=_ext.triton_unavailable)(hscore_segment_sq_triton)
+_dispatch.register_backends(
+    OP_SEGMENT,
+    reference=lambda g, label_maps, num_classes: tuple(
+        x.double() for x in segment_sq_reference(g.double(), label_maps, num_classes)),
+    cpu=hscore_segment_sq_cpu, triton=hscore_segment_sq_triton,
+    cpu_unavailable=_numba_unavailable)

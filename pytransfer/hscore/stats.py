@@ -52,7 +52,7 @@ def check_shrinkage(shrinkage: object) -> None:
     if shrinkage is None or shrinkage == "ledoit-wolf":
         return
     if isinstance(shrinkage, str):
-        raise ValueError(f"shrinkage must be None, a float in [0, 1] or 'ledoit-wolf', "  # noqa: TRY004
+        raise ValueError(f"shrinkage must be None, a float in [0, 1] or 'ledoit-wolf', "
                          f"got {shrinkage!r}")
     s = _checks.nonneg_float("shrinkage", shrinkage)
     if s > 1:

@@ -170,7 +170,7 @@ def _quadratic_fwd(xs, xt, gammas, weights, square, tile):
     gammas, weights, square = gammas.contiguous(), weights.contiguous(), square.contiguous()
     W = _pair_weights(xs.shape[0], xt.shape[0])
     h = torch.zeros(gammas.shape[0], dtype=torch.float64, device=xs.device)
-    for r0, X, norms, G in _tiles(xs, xt):
+    for r0, _X, norms, G in _tiles(xs, xt):
         tile(G, norms[r0:r0 + G.shape[0]], norms, r0, xs.shape[0], gammas, weights, square, W,
              False, h)
     return h.to(xs.dtype)
@@ -290,8 +290,5 @@ def _reference(fn):
 
 for _name, _op, _ref in ((OP_LINEAR, mmd_linear, mmd_linear_reference),
                          (OP_QUADRATIC, mmd_quadratic, mmd_quadratic_reference)):
-    _dispatch.register(_name, "reference", device_types=("cpu", "cuda"))(_reference(_ref))
-    _dispatch.register(_name, "cpu", device_types=("cpu",), unavailable=_ext.unavailable)(
-        _compiled(_op, "cpu"))
-    _dispatch.register(_name, "triton", device_types=("cuda",),
-                       unavailable=_ext.triton_unavailable)(_compiled(_op, "triton"))
+    _dispatch.register_backends(_name, reference=_reference(_ref), cpu=_compiled(_op, "cpu"),
+                                triton=_compiled(_op, "triton"))

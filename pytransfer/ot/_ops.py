@@ -94,16 +94,9 @@ def _triton_supports(*, n: int, m: int, **_) -> str | None:
     return None
 
 
-_dispatch.register(OP, "reference", device_types=("cpu", "cuda"))(sinkhorn_log_reference)
-_dispatch.register(OP, "cpu", device_types=("cpu",), unavailable=_ext.unavailable)(
-    sinkhorn_log_cpu
-)
-_dispatch.register(
-    OP, "triton", device_types=("cuda",), unavailable=_ext.triton_unavailable,
-    supports=_triton_supports,
-)(sinkhorn_log_triton)
-_dispatch.register(OP, "cuda", device_types=("cuda",), unavailable=_ext.cuda_unavailable)(
-    sinkhorn_log_cuda
+_dispatch.register_backends(
+    OP, reference=sinkhorn_log_reference, cpu=sinkhorn_log_cpu, triton=sinkhorn_log_triton,
+    cuda=sinkhorn_log_cuda, supports={"triton": _triton_supports},
 )
 
 
@@ -143,16 +136,10 @@ def sinkhorn_scaling_reference(a, b, cost, eps, max_iter, tol):
                                     sinkhorn_log_reference)
 
 
-_dispatch.register(OP_SCALING, "reference", device_types=("cpu", "cuda"))(
-    sinkhorn_scaling_reference
+_dispatch.register_backends(
+    OP_SCALING, reference=sinkhorn_scaling_reference, cpu=sinkhorn_scaling_cpu,
+    triton=sinkhorn_scaling_triton, supports={"triton": _triton_supports},
 )
-_dispatch.register(OP_SCALING, "cpu", device_types=("cpu",), unavailable=_ext.unavailable)(
-    sinkhorn_scaling_cpu
-)
-_dispatch.register(
-    OP_SCALING, "triton", device_types=("cuda",), unavailable=_ext.triton_unavailable,
-    supports=_triton_supports,
-)(sinkhorn_scaling_triton)
 
 
 @torch.library.custom_op("pytransfer::sinkhorn_values", mutates_args=())

@@ -16,7 +16,7 @@ far from underflow), and the log domain otherwise.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -63,8 +63,7 @@ def scaling_range(cost: torch.Tensor, eps: float) -> float:
 
 def sinkhorn_scaling(a, b, cost, eps, max_iter, tol, div: DivFn, log_solver):
     """(f, g, n_iter, err) for a (B, n), b (B, m), shared cost (1, n, m); see the module doc."""
-    B, n = a.shape
-    m = b.shape[1]
+    B = a.shape[0]
     C = cost[0]
     cmin = C.min()
     K = torch.exp(-(C - cmin) / eps)

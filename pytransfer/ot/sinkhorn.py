@@ -57,14 +57,16 @@ def _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs):
     if a.dim() == 1 and cost.dim() == 3:
         raise ValueError("cost must be 2-D (n, m) for a single problem (1-D a and b)")
     if a.dim() == 2 and a.shape[0] != b.shape[0]:
-        raise ValueError(f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
+        raise ValueError(
+            f"a and b must have the same batch size, got {a.shape[0]} and {b.shape[0]}")
     n, m = a.shape[-1], b.shape[-1]
     if n == 0 or m == 0:
         raise ValueError(f"a and b must be non-empty, got n={n}, m={m}")
     if tuple(cost.shape[-2:]) != (n, m):
         raise ValueError(f"cost must end in (n, m) = ({n}, {m}), got shape {tuple(cost.shape)}")
     if cost.dim() == 3 and cost.shape[0] != a.shape[0]:
-        raise ValueError(f"cost batch {cost.shape[0]} must equal the batch of a and b ({a.shape[0]})")
+        raise ValueError(
+            f"cost batch {cost.shape[0]} must equal the batch of a and b ({a.shape[0]})")
     if check_inputs:
         for name, x in (("a", a), ("b", b), ("cost", cost)):
             _checks.finite(name, x)
