@@ -7,12 +7,18 @@ product; ``torch.func.jvp`` of ``torch.func.grad`` of J; the naive per-sample fo
 E_x[<grad^2 H v> - Cov_w(grad H) v] (torch.func per-sample gradients, timed on a subset of the
 batch and scaled); this package's reference weights. Targets: A.v <= 1.5x forward+backward
 (anchor/subject >= 0.67), >= 15x the naive formula; 20-iteration MINRES <= 30x fwd+bwd.
+Memory (every S): peak-RSS increments of fwd+bwd (activations) and of the cached graph + A.v,
+measured in a fresh process; flat in S relative to the activations, far below S*X*P floats.
 
     python -c "from bench.bench_gibbs import cases; ..."   # see /work/notes/issue-7-readme.md
     pytest bench/bench_gibbs.py --benchmark-enable
 """
 
 from __future__ import annotations
+
+import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -58,7 +64,7 @@ def _functional(op: GibbsOperator, rows=slice(None)):
 
 def _split(op, v, names):
     pieces = dict(zip([n for n, _ in op.model.named_parameters()],
-                      v.split([p.numel() for p in op.model.parameters()])))
+                      v.split([p.numel() for p in op.model.parameters()]), strict=True))
     return {n: pieces[n].view_as(p) for n, p in op.model.named_parameters() if n in names}
 
 
@@ -113,6 +119,32 @@ def candidates(quick: bool, samples: int = 32) -> tuple[dict, dict]:
     return cands, {"op": op, "v": v, "scale": X / rows, "naive_label": list(cands)[-1]}
 
 
+_MEMORY = """
+import json, torch
+from bench.bench_gibbs import setup
+torch.set_num_threads(1)
+def peak():  # VmHWM of this process (ru_maxrss would carry the forking parent's peak)
+    line = next(x for x in open("/proc/self/status") if x.startswith("VmHWM"))
+    return int(line.split()[1]) / 1024  # MiB
+model, op, v = setup({quick}, {samples})
+base = peak()
+params = [p for p in model.parameters() if p.requires_grad]
+torch.autograd.grad(op._J(op._evaluate(op.lam, op.gamma)), params, allow_unused=True)
+fb = peak()
+op.hvp(v); op.hvp(v)
+print(json.dumps({{"activations": fb - base, "hvp": peak() - base}}))
+"""
+
+
+def memory(quick: bool, samples: int) -> dict[str, float]:
+    """Peak-RSS increments (MiB, Linux VmHWM) over the set-up model, batch and samples, in a
+    fresh process: one forward+backward of J (its activations), and the cached graph of
+    grad J plus two A.v."""
+    out = subprocess.run([sys.executable, "-c", _MEMORY.format(quick=quick, samples=samples)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def cases(quick: bool = False) -> list[Case]:
     pin_one_thread()
     out = []
@@ -120,18 +152,26 @@ def cases(quick: bool = False) -> list[Case]:
         cands, ctx = candidates(quick, S)
         op, v = ctx["op"], ctx["v"]
 
-        def metrics(cands=cands, op=op, v=v):
+        def metrics(cands=cands, op=op, v=v, S=S):
+            mem = memory(quick, S)
+            per_sample = S * op.x.shape[0] * op.numel * 4 / 2**20  # per-sample gradients, MiB
+            out = {"peak MiB: fwd+bwd of J (activations)": (mem["activations"], None, "<="),
+                   "peak MiB: graph of grad J + A.v": (mem["hvp"], None, "<="),
+                   "A.v peak / activations": (mem["hvp"] / max(mem["activations"], 1.0),
+                                              None, "<="),
+                   "A.v peak / per-sample gradients": (mem["hvp"] / per_sample, None, "<=")}
+            if S != 32:
+                return out
             fb = time_call(cands["forward+backward of J"], 3)
             t = time_call(lambda: op.solve(op.b_lambda(), maxiter=20, rtol=0.0), 1)
             return {"MINRES 20 it / fwd+bwd": (t / fb, 30.0, "<="),
-                    "parameters": (float(op.numel), None, ">=")}
+                    "parameters": (float(op.numel), None, ">="), **out}
         targets = {"forward+backward of J": 1 / 1.5, ctx["naive_label"]: 15.0}
         if S != 32:  # the S sweep: A.v and fwd+bwd only
             cands = {k: cands[k] for k in ("A.v (cached graph)", "forward+backward of J")}
             targets = {"forward+backward of J": 1 / 1.5}
         name = f"batch 64, S={S}, {op.numel} params ({'quick' if quick else 'full'}), fp32"
-        out.append(Case("gibbs", name, "A.v (cached graph)", cands, targets,
-                        metrics if S == 32 else None, rounds=3,
+        out.append(Case("gibbs", name, "A.v (cached graph)", cands, targets, metrics, rounds=3,
                         scale={ctx["naive_label"]: ctx["scale"]}))
     return out
 

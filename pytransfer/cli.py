@@ -14,9 +14,12 @@ app = typer.Typer(help="pytransfer: fast kernels for information-theoretic trans
                   no_args_is_help=True)
 console = Console()
 
+from pytransfer.free_energy.cli import app as free_energy_app  # noqa: E402
 from pytransfer.hscore.cli import app as hscore_app  # noqa: E402
 
 app.add_typer(hscore_app, name="hscore", help="H-score transferability: rank features/sources")
+app.add_typer(free_energy_app, name="free-energy",
+              help="Free-energy iso-classification and transfer processes")
 
 
 @app.command()

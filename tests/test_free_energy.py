@@ -82,15 +82,18 @@ def test_hvp_matches_brute_force(weights, prior, decoder):
         torch.testing.assert_close(op.hvp(v), A @ v, rtol=1e-10, atol=1e-10)
     enc = [n.startswith("encoder") for n, p in model.named_parameters() for _ in range(p.numel())]
     enc = torch.tensor(enc)
-    assert enc.any() and bool((A[enc] == 0).all()) and bool((op.hvp(torch.ones(op.numel,
-                                                                                 dtype=DT))[enc] == 0).all())
+    assert enc.any() and bool((A[enc] == 0).all())
+    assert bool((op.hvp(torch.ones(op.numel, dtype=DT))[enc] == 0).all())
 
 
 def test_hvp_matches_autograd_hessian_of_J():
     model, batch = tiny()
     op = GibbsOperator(model, batch, 1.3, 0.4, samples=6)
     H = _H_of(op, 1.3, 0.4)
-    J = lambda th: -torch.logsumexp(-H(th) - op.log_q, 1).mean()
+
+    def J(th):
+        return -torch.logsumexp(-H(th) - op.log_q, 1).mean()
+
     v = torch.randn(op.numel, dtype=DT)
     _, expect = torch.autograd.functional.hvp(J, _theta(model), v)
     torch.testing.assert_close(op.hvp(v), expect, rtol=1e-10, atol=1e-12)
@@ -127,7 +130,10 @@ def test_C_terms_match_finite_differences():
     model, batch = tiny(seed=3)
     lam, gamma, h = 0.9, 1.2, 1e-5
     op = GibbsOperator(model, batch, lam, gamma, samples=6)
-    C = lambda l_, g_: op.functionals(l_, g_).C
+
+    def C(l_, g_):
+        return op.functionals(l_, g_).C
+
     assert op.dC_dlambda() == pytest.approx((C(lam + h, gamma) - C(lam - h, gamma)) / (2 * h),
                                             rel=1e-6)
     assert op.dC_dgamma() == pytest.approx((C(lam, gamma + h) - C(lam, gamma - h)) / (2 * h),
@@ -236,14 +242,14 @@ def test_bad_input():
     bad_x = batch[0].clone()
     bad_x[0, 0] = float("inf")  # a Gaussian decoder's log d is then -inf
     gaussian = FreeEnergyModel(4, 3, 2, 3, decoder="gaussian").to(DT)
-    with pytest.raises(ValueError, match="Hamiltonian H .* not finite"):
+    with pytest.raises(ValueError, match=r"Hamiltonian H .* not finite"):
         GibbsOperator(gaussian, (bad_x, batch[1]), 1.0, 1.0)
     op = GibbsOperator(model, batch, 1.0, 1.0, samples=3)
     with pytest.raises(ValueError, match=rf"v must be a flat vector of shape \({op.numel},\)"):
         op.hvp(torch.zeros(op.numel + 1, dtype=DT))
     with pytest.raises(TypeError, match="v must have the parameters' dtype"):
         op.hvp(torch.zeros(op.numel))
-    with pytest.raises(TypeError, match="v must be a torch.Tensor"):
+    with pytest.raises(TypeError, match=r"v must be a torch\.Tensor"):
         op.hvp([0.0] * op.numel)
     with pytest.raises(ValueError, match="method must be one of"):
         op.solve(op.b_lambda(), method="gmres")

@@ -110,7 +110,7 @@ def test_checkpoint_resume_matches_uninterrupted_run(digits, tmp_path):
     resumed = iso_classification(FreeEnergyModel(64, 16, 3, 10).to(DT), digits, lam, gamma,
                                  cfg, checkpoint=ck)
     assert len(resumed) == 4
-    for a, b in zip(full, resumed):
+    for a, b in zip(full, resumed, strict=True):
         assert a == pytest.approx(b, rel=1e-9, abs=1e-12)
 
 

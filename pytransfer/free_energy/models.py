@@ -77,8 +77,11 @@ class FreeEnergyModel(nn.Module):
         return -0.5 * ((x - out).pow(2) + math.log(2 * math.pi)).sum(-1)
 
     def log_classifier(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """log c(y|z), (S, X)."""
+        """log c(y|z), (S, X); y (X,) labels, or (X, classes) label distributions: then
+        sum_k y_k log c(k|z) (the interpolated labels of Remark 11)."""
         logp = torch.log_softmax(self.classifier(z), -1)
+        if y.is_floating_point():
+            return (logp * y).sum(-1)
         return logp.gather(-1, y.expand(logp.shape[:-1]).unsqueeze(-1)).squeeze(-1)
 
 

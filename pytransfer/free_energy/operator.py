@@ -47,7 +47,7 @@ class GibbsModel(Protocol):
 
 def check_model(model: object) -> None:
     """TypeError naming the first protocol method ``model`` lacks."""
-    for name in PROTOCOL + ("parameters",):
+    for name in (*PROTOCOL, "parameters"):
         if not callable(getattr(model, name, None)):
             raise TypeError(f"model must implement {name}() (the GibbsModel protocol: "
                             f"{', '.join(PROTOCOL)}); {type(model).__name__} has no {name}")
@@ -113,7 +113,8 @@ class GibbsOperator:
         if data_weights is None:
             data_weights = torch.full((X,), 1.0 / X, dtype=self.dtype, device=self.device)
         elif data_weights.shape != (X,):
-            raise ValueError(f"data_weights must have shape ({X},), got {tuple(data_weights.shape)}")
+            raise ValueError(f"data_weights must have shape ({X},), got "
+                             f"{tuple(data_weights.shape)}")
         self.pi = data_weights / data_weights.sum()
         with torch.no_grad():
             q = model.encode(x)
@@ -128,14 +129,19 @@ class GibbsOperator:
                                   self.log_q - self._terms["log_m"]], -1).detach()
             self.means, self.cov = gibbs_moments(w, fields.contiguous(), backend=backend)
         self.w = w
-        self._grad: list[torch.Tensor | None] | None = None
+        self._grad: list[tuple[torch.Tensor, tuple[int, int], torch.Size]] | None = None
 
     # -- evaluation on the held samples -----------------------------------------------------
-    def _evaluate(self, lam: float, gamma: float) -> dict[str, torch.Tensor]:
+    def _evaluate(self, lam, gamma, x: torch.Tensor | None = None,
+                  y: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The terms of H on the held samples; (lam, gamma, x, y) may be tensors in a graph
+        (the data path of eq. 23/37 differentiated in t)."""
         m = self.model
+        x = self.x if x is None else x
+        y = self.y if y is None else y
         log_m = m.log_prior(self.z).transpose(0, 1)
-        log_d = m.log_decoder(self.x, self.z).transpose(0, 1)
-        log_c = m.log_classifier(self.y, self.z).transpose(0, 1)
+        log_d = m.log_decoder(x, self.z).transpose(0, 1)
+        log_c = m.log_classifier(y, self.z).transpose(0, 1)
         for name, t in (("log_prior", log_m), ("log_decoder", log_d), ("log_classifier", log_c)):
             if t.shape != self.log_q.shape:
                 raise ValueError(f"model.{name} must return shape (S, X) = "
@@ -154,11 +160,11 @@ class GibbsOperator:
 
     def _flat(self, grads) -> torch.Tensor:
         parts = [torch.zeros_like(p).reshape(-1) if g is None else g.reshape(-1)
-                 for p, g in zip(self.params, grads)]
+                 for p, g in zip(self.params, grads, strict=True)]
         return torch.cat(parts)
 
     def _grad_of(self, scalar: torch.Tensor, **kw) -> torch.Tensor:
-        inputs = [p for p, a in zip(self.params, self.active) if a]
+        inputs = [p for p, a in zip(self.params, self.active, strict=True) if a]
         got = iter(torch.autograd.grad(scalar, inputs, allow_unused=True, **kw))
         return self._flat([next(got) if a else None for a in self.active])
 
@@ -181,25 +187,37 @@ class GibbsOperator:
             raise ValueError(f"{name} must be on {self.device}, got {v.device}")
         return v
 
+    def _build_graph(self) -> None:
+        """The graph of grad J (create_graph), once per batch: every product reuses it."""
+        inputs = [p for p, a in zip(self.params, self.active, strict=True) if a]
+        grads = torch.autograd.grad(self._J(self._terms), inputs, create_graph=True,
+                                    allow_unused=True)
+        offsets = [0]
+        for p in self.params:
+            offsets.append(offsets[-1] + p.numel())
+        span = {id(p): (offsets[i], offsets[i + 1]) for i, p in enumerate(self.params)}
+        # (grad of p, slice of v for p): only the grads that depend on theta carry a product
+        self._grad = [(g, span[id(p)], p.shape) for p, g in zip(inputs, grads, strict=True)
+                      if g is not None and g.requires_grad]
+        self._inputs = inputs
+        self._spans = [span[id(p)] for p in inputs]
+
     def hvp(self, v: torch.Tensor) -> torch.Tensor:
         """A.v = grad^2 J v (Lemma 5) by double-backward through the cached graph of grad J."""
         self._check_vector("v", v)
         if self._grad is None:
-            inputs = [p for p, a in zip(self.params, self.active) if a]
-            self._grad = list(torch.autograd.grad(self._J(self._terms), inputs,
-                                                  create_graph=True, allow_unused=True))
-            self._inputs = inputs
-        pieces = dict(zip(map(id, self.params), v.split([p.numel() for p in self.params])))
-        outs, gouts = [], []
-        for p, g in zip(self._inputs, self._grad):
-            if g is not None and g.requires_grad:
-                outs.append(g)
-                gouts.append(pieces[id(p)].view_as(p))
-        if not outs:
-            return torch.zeros_like(v)
-        got = iter(torch.autograd.grad(outs, self._inputs, gouts, retain_graph=True,
-                                       allow_unused=True))
-        return self._flat([next(got) if a else None for a in self.active]).detach()
+            self._build_graph()
+        out = torch.zeros_like(v)
+        if not self._grad:
+            return out
+        got = torch.autograd.grad([g for g, _, _ in self._grad],
+                                  self._inputs, [v[a:b].view(shape) for _, (a, b), shape
+                                                 in self._grad],
+                                  retain_graph=True, allow_unused=True)
+        for (a, b), g in zip(self._spans, got, strict=True):
+            if g is not None:
+                out[a:b] = g.reshape(-1)
+        return out
 
     # -- b and C terms (eq. 17, 21) -----------------------------------------------------
     def _cov_grad(self, field: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
@@ -294,7 +312,8 @@ class GibbsOperator:
 
 def minres(op, b: torch.Tensor, *, maxiter: int, rtol: float) -> tuple[torch.Tensor, SolveInfo]:
     """MINRES (Paige & Saunders 1975) for a symmetric, possibly indefinite or singular
-    operator on flat vectors, x0 = 0; ``residual_norms`` is its monotone ||b - A x_k||."""
+    operator on flat vectors, x0 = 0; ``residual_norms`` is its monotone ||b - A x_k||.
+    The Lanczos vectors are updated in place (``op``'s result is overwritten)."""
     x = torch.zeros_like(b)
     beta1 = float(b.norm())
     info = SolveInfo("minres", 0, beta1 == 0.0, [beta1])
@@ -304,9 +323,11 @@ def minres(op, b: torch.Tensor, *, maxiter: int, rtol: float) -> tuple[torch.Ten
     w, w_old = torch.zeros_like(b), torch.zeros_like(b)
     beta, dbar, eps_k, phibar, cs, sn = beta1, 0.0, 0.0, beta1, -1.0, 0.0
     for k in range(1, maxiter + 1):
-        p = op(v)
-        alpha = float(v @ p)
-        p = p - alpha * v - beta * v_old
+        p = op(v)  # Lanczos step, in place: p <- A v - alpha v - beta v_old
+        if p.data_ptr() == v.data_ptr():
+            p = p.clone()
+        alpha = float(torch.dot(v, p))
+        p.sub_(v, alpha=alpha).sub_(v_old, alpha=beta)
         beta_next = float(p.norm())
         old_eps = eps_k
         delta = cs * dbar + sn * alpha
@@ -316,14 +337,16 @@ def minres(op, b: torch.Tensor, *, maxiter: int, rtol: float) -> tuple[torch.Ten
         gam = max(math.hypot(gbar, beta_next), 1e-300)
         cs, sn = gbar / gam, beta_next / gam
         phi, phibar = cs * phibar, sn * phibar
-        w_old, w = w, (v - old_eps * w_old - delta * w) / gam
-        x = x + phi * w
+        # w_new = (v - old_eps w_old - delta w) / gam, written over w_old
+        w_old.mul_(-old_eps).sub_(w, alpha=delta).add_(v).div_(gam)
+        w, w_old = w_old, w
+        x.add_(w, alpha=phi)
         info.iterations = k
         info.residual_norms.append(abs(phibar))
         if abs(phibar) <= rtol * beta1 or beta_next <= 1e-14 * beta1:
             info.converged = True
             break
-        v_old, v, beta = v, p / beta_next, beta_next
+        v_old, v, beta = v, p.div_(beta_next), beta_next
     return x, info
 
 

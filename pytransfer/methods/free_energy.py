@@ -4,7 +4,8 @@ distribution (Lemma 9, eq. 23-28), on the exact operator of ``pytransfer.free_en
 
 Every process step appends R, D, C, F (eq. 1, 4, 10) and (t, lambda, gamma) to its record
 (optionally a JSONL file) and can checkpoint/resume (model, optimiser and process state). The
-OT interpolation of the data (Appendix F) and geodesic transfer (eq. 30) are not implemented.
+data path of a transfer is the mixture (eq. 23) or the OT interpolation (Appendix F, eq. 37),
+each one function returning a :class:`DataPath`.
 """
 
 from __future__ import annotations
@@ -73,7 +74,9 @@ class ProcessConfig:
     ``lam_rate``: lambda-dot of the exact process (lambda moves by lam_rate over the process);
     ``alpha``: time scale of the practical variant (eq. 22/31); ``fd_step``: its finite
     difference in (lambda, gamma); ``equil_steps``: re-equilibration steps after each Euler
-    step (the practical variant's schedule eta(t)); ``eval_seed`` fixes the evaluation samples.
+    step (the practical variant's schedule eta(t)); ``eval_seed`` fixes the evaluation samples;
+    ``slope``: k = dD/dR of the geodesic transfer (eq. 30; the paper leaves it free);
+    ``ot_eps``: Sinkhorn regularisation of the OT interpolation (relative to the mean cost).
     """
 
     steps: int = 20
@@ -84,12 +87,15 @@ class ProcessConfig:
     weights: str = "importance"
     batch_size: int = 64
     minres_iters: int = 30
+    minres_rtol: float = 1e-6
     damping: float = 0.0
     equil_steps: int = 0
     equil_lr: float = 1e-3
     schedule_power: float = 1.0
     eval_seed: int = 0
     seed: int = 0
+    slope: float = -1.0
+    ot_eps: float = 0.05
 
 
 @dataclass
@@ -143,7 +149,7 @@ def iso_classification(model, data: tuple[torch.Tensor, torch.Tensor], lam: floa
                        cfg: ProcessConfig | None = None, *, variant: str = "exact",
                        eval_batch: tuple[torch.Tensor, torch.Tensor] | None = None,
                        log_path: str | None = None, checkpoint: str | None = None,
-                       until: int | None = None) -> list[dict]:
+                       until: int | None = None, progress=None) -> list[dict]:
     """Iso-classification process from an equilibrated model at (lam, gamma); one record a step.
 
     ``variant="exact"`` (eq. 17-21): lambda-dot = cfg.lam_rate, gamma-dot from
@@ -152,7 +158,8 @@ def iso_classification(model, data: tuple[torch.Tensor, torch.Tensor], lam: floa
     (Remark 7, eq. 22/31): lambda-dot = -alpha dC/dgamma, gamma-dot = alpha dC/dlambda by
     central finite differences of C at fixed theta (Gibbs reweighting of the held samples),
     theta moved only by re-equilibration under eta(t). ``checkpoint``: resumed if it exists;
-    ``until``: stop after that step (a later call with the checkpoint continues).
+    ``until``: stop after that step (a later call with the checkpoint continues);
+    ``progress(step)`` is called after each step.
     """
     cfg = cfg or ProcessConfig()
     _checks.choice("variant", variant, VARIANTS)
@@ -200,67 +207,197 @@ def iso_classification(model, data: tuple[torch.Tensor, torch.Tensor], lam: floa
              log_path)
         if checkpoint:
             _save(checkpoint, model, opt, state, gen)
+        if progress:
+            progress(state.step)
     return state.records
 
 
-def mixture_batch(source, target, t: float, batch_size: int, gen: torch.Generator):
-    """A batch of p(x, t) = (1 - t) p_s + t p_t (eq. 23): half source, half target rows with
-    data weights (1 - t) and t (so d/dt of an expectation is E_target - E_source); the one
-    place the data interpolation lives (Appendix F's OT interpolation would replace it)."""
+@dataclass
+class DataPath:
+    """Rows of p(x, t) drawn once, as functions of t (eq. 23, 37): x(t) = (1 - t) x0 + t x1,
+    data weights pi(t) = (1 - t) pi0 + t pi1 and labels y0 (hard, fixed) or, with y1 given,
+    the label distributions (1 - t) y0 + t y1 (Remark 11). ``at(t)`` takes a float or a 0-d
+    tensor (differentiable: the t-derivatives of Lemma 9)."""
+
+    x0: torch.Tensor
+    x1: torch.Tensor
+    y0: torch.Tensor
+    pi0: torch.Tensor
+    pi1: torch.Tensor
+    y1: torch.Tensor | None = None
+
+    def at(self, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x = self.x0 if self.x1 is self.x0 else torch.lerp(self.x0, self.x1, t)
+        y = self.y0 if self.y1 is None else torch.lerp(self.y0, self.y1, t)
+        return x, y, torch.lerp(self.pi0, self.pi1, t)
+
+
+def mixture_batch(source, target, batch_size: int, gen: torch.Generator) -> DataPath:
+    """p(x, t) = (1 - t) p_s + t p_t (eq. 23): half source, half target rows with data weights
+    (1 - t)/n_s and t/n_t (so d/dt of an expectation is E_target - E_source); labels kept."""
     xs, ys = _batch(source, max(batch_size // 2, 1), gen)
     xt, yt = _batch(target, max(batch_size // 2, 1), gen)
     ns, nt = xs.shape[0], xt.shape[0]
-    is_target = torch.cat([torch.zeros(ns, dtype=torch.bool), torch.ones(nt, dtype=torch.bool)])
-    pi = torch.where(is_target, t / nt, (1 - t) / ns).to(xs.dtype)
-    return (torch.cat([xs, xt]), torch.cat([ys, yt])), pi, is_target
+    pi0 = torch.cat([torch.full((ns,), 1.0 / ns), torch.zeros(nt)]).to(xs.dtype)
+    pi1 = torch.cat([torch.zeros(ns), torch.full((nt,), 1.0 / nt)]).to(xs.dtype)
+    x = torch.cat([xs, xt])
+    return DataPath(x, x, torch.cat([ys, yt]), pi0, pi1)
+
+
+def ot_coupling(xs: torch.Tensor, xt: torch.Tensor, eps: float = 0.05,
+                max_iter: int = 2000) -> torch.Tensor:
+    """Gamma* of eq. 36 between the empirical source and target (uniform weights) on the dense
+    cost ||x_i - x_j||^2 (divided by its mean, so ``eps`` is relative), by entropic Sinkhorn
+    (``pytransfer.ot.sinkhorn``) as the paper does; (n_s, n_t), mass 1. For data sets whose
+    n_s x n_t cost fits in memory."""
+    from pytransfer.ot import sinkhorn
+
+    cost = torch.cdist(xs.flatten(1), xt.flatten(1)).pow(2)
+    cost = cost / cost.mean().clamp_min(torch.finfo(cost.dtype).tiny)
+    a = torch.full((xs.shape[0],), 1.0 / xs.shape[0], dtype=cost.dtype)
+    b = torch.full((xt.shape[0],), 1.0 / xt.shape[0], dtype=cost.dtype)
+    return sinkhorn(a, b, cost, eps, max_iter=max_iter, tol=1e-6, return_plan=True).plan
+
+
+def sample_pairs(plan: torch.Tensor, n: int, gen: torch.Generator):
+    """n index pairs (i, j) drawn i.i.d. from the coupling ``plan`` (n_s, n_t)."""
+    flat = torch.multinomial(plan.flatten().double(), n, replacement=True, generator=gen)
+    return flat // plan.shape[1], flat % plan.shape[1]
+
+
+def ot_batch(source, target, batch_size: int, gen: torch.Generator, *, plan: torch.Tensor,
+             classes: int) -> DataPath:
+    """The OT interpolation of Appendix F (eq. 37): pairs (i, j) ~ Gamma*, rows
+    x(t) = (1 - t) x_i + t x_j with equal weights and labels (1 - t) e_{y_i} + t e_{y_j}
+    (Remark 11). ``plan`` from :func:`ot_coupling` on the full source and target."""
+    i, j = sample_pairs(plan, batch_size, gen)
+    (xs, ys), (xt, yt) = source, target
+    hot = torch.nn.functional.one_hot
+    pi = torch.full((batch_size,), 1.0 / batch_size, dtype=xs.dtype)
+    return DataPath(xs[i], xt[j], hot(ys[i], classes).to(xs.dtype), pi, pi,
+                    hot(yt[j], classes).to(xs.dtype))
+
+
+INTERPOLATIONS = {"mixture": mixture_batch, "ot": ot_batch}
+RULES = ("constant-lambda", "geodesic")
+
+
+@dataclass
+class Rates:
+    """Total derivatives on the equilibrium surface: ``R[k]``, ``D[k]``, ``C[k]`` for k in
+    ("lam", "gamma", "t") are the partial at fixed theta plus grad . theta_k (eq. 21, 27)."""
+
+    R: dict[str, float]
+    D: dict[str, float]
+    C: dict[str, float]
+
+
+def _rates(op: GibbsOperator, path: DataPath, t: float,
+           thetas: dict[str, torch.Tensor]) -> Rates:
+    """R, D, C (eq. 1, 4, 10) on the operator's held samples as functions of (theta, lambda,
+    gamma, t) through the data path, differentiated by autograd; combined with the tangents
+    theta_lambda, theta_gamma, theta_t of eq. 24."""
+    dt = op.dtype
+    lam, gam, tt = (torch.tensor(v, dtype=dt, requires_grad=True) for v in (op.lam, op.gamma, t))
+    x, y, pi = path.at(tt)
+    terms = op._evaluate(lam, gam, x, y)
+    logits = -terms["H"] - op._logq_for(terms["H"])
+    w = torch.softmax(logits, 1)
+    pi = pi / pi.sum()
+    D = (pi * (w * -terms["log_d"]).sum(1)).sum()
+    C = (pi * (w * -terms["log_c"]).sum(1)).sum()
+    if op.weights == "importance":
+        R = -(pi * torch.logsumexp(logits, 1)).sum() - lam * D - gam * C
+    else:
+        R = (pi * (w * (op.log_q - terms["log_m"])).sum(1)).sum()
+    out = {}
+    for name, f in (("R", R), ("D", D), ("C", C)):
+        partial = torch.autograd.grad(f, (lam, gam, tt), retain_graph=True, allow_unused=True)
+        grad = op._grad_of(f, retain_graph=True)
+        out[name] = {k: (0.0 if p is None else float(p)) + float(grad @ thetas[k])
+                     for k, p in zip(("lam", "gamma", "t"), partial, strict=True)}
+    return Rates(**out)
+
+
+def _b_t(op: GibbsOperator, path: DataPath, t: float) -> torch.Tensor:
+    """b_t = -d/dt grad J (eq. 25): the mixed derivative of J(theta, t) along the data path."""
+    tt = torch.tensor(t, dtype=op.dtype, requires_grad=True)
+    x, y, pi = path.at(tt)
+    terms = op._evaluate(op.lam, op.gamma, x, y)
+    J = -((pi / pi.sum()) * torch.logsumexp(-terms["H"] - op._logq_for(terms["H"]), 1)).sum()
+    (dJ_dt,) = torch.autograd.grad(J, tt, create_graph=True)
+    return -op._grad_of(dJ_dt).detach()
+
+
+def transfer_rates(op: GibbsOperator, path: DataPath, t: float, cfg: ProcessConfig,
+                   rule: str = "constant-lambda") -> dict:
+    """lambda-dot, gamma-dot and theta-dot of the iso-classification transfer (Lemma 9,
+    eq. 24-28) at time t. ``rule="constant-lambda"``: lambda-dot = cfg.lam_rate and
+    C_lambda lambda-dot + C_gamma gamma-dot + C_t = 0 (eq. 38). ``rule="geodesic"`` (eq. 30):
+    C-dot = 0 and D-dot = k R-dot with k = cfg.slope, i.e. (D_lambda - k R_lambda) lambda-dot
+    + (D_gamma - k R_gamma) gamma-dot = k R_t - D_t, which on the equilibrium surface (first
+    law R_lambda = -lambda D_lambda - gamma C_lambda) is eq. 30."""
+    solve = {"maxiter": cfg.minres_iters, "damping": cfg.damping, "rtol": cfg.minres_rtol}
+    thetas = {"lam": op.solve(op.b_lambda(), **solve)[0],
+              "gamma": op.solve(op.b_gamma(), **solve)[0],
+              "t": op.solve(_b_t(op, path, t), **solve)[0]}
+    r = _rates(op, path, t, thetas)
+    C, D, R = r.C, r.D, r.R
+    if rule == "constant-lambda":
+        lam_dot = cfg.lam_rate
+        gamma_dot = -(C["lam"] * lam_dot + C["t"]) / C["gamma"]
+    else:
+        k = cfg.slope
+        m = torch.tensor([[D["lam"] - k * R["lam"], D["gamma"] - k * R["gamma"]],
+                          [C["lam"], C["gamma"]]], dtype=torch.float64)
+        rhs = torch.tensor([k * R["t"] - D["t"], -C["t"]], dtype=torch.float64)
+        lam_dot, gamma_dot = (float(u) for u in torch.linalg.solve(m, rhs))
+    theta_dot = thetas["lam"] * lam_dot + thetas["gamma"] * gamma_dot + thetas["t"]
+    return {"lam_dot": lam_dot, "gamma_dot": gamma_dot, "theta_dot": theta_dot,
+            "C_t": C["t"], "rates": r}
 
 
 def transfer(model, source: tuple[torch.Tensor, torch.Tensor],
              target: tuple[torch.Tensor, torch.Tensor], lam: float, gamma: float,
-             cfg: ProcessConfig | None = None, *, log_path: str | None = None,
-             checkpoint: str | None = None) -> list[dict]:
-    """Iso-classification transfer source -> target along p(x, t) (Lemma 9, eq. 24-28) with the
-    lambda-dot = const heuristic (eq. 38): gamma-dot from C_lambda lambda-dot + C_gamma gamma-dot
-    + C_t = 0, theta-dot = theta_lambda lambda-dot + theta_gamma gamma-dot + theta_t, where
-    theta_t = A^-1 b_t, b_t = E_source<grad H> - E_target<grad H> (eq. 25) and
-    C_t = (C_target - C_source) + grad C . theta_t (eq. 27). Records as for iso_classification,
-    with C on the mixture at t."""
+             cfg: ProcessConfig | None = None, *, rule: str = "constant-lambda",
+             interpolation: str = "mixture", log_path: str | None = None,
+             checkpoint: str | None = None, progress=None) -> list[dict]:
+    """Iso-classification transfer source -> target along p(x, t) (Lemma 9, eq. 24-28):
+    theta-dot = theta_lambda lambda-dot + theta_gamma gamma-dot + theta_t with (lambda-dot,
+    gamma-dot) from :func:`transfer_rates` (``rule``: eq. 38 or the geodesic eq. 30).
+    ``interpolation``: "mixture" (eq. 23) or "ot" (Appendix F, coupling of the full data
+    sets by Sinkhorn, eps = cfg.ot_eps). Records as for iso_classification, with R, D, C on
+    a fixed evaluation path at t; ``progress(step)`` is called after each step."""
     cfg = cfg or ProcessConfig()
     lam, gamma = _checks.positive_float("lam", lam), _checks.positive_float("gamma", gamma)
+    _checks.choice("rule", rule, RULES)
+    _checks.choice("interpolation", interpolation, tuple(INTERPOLATIONS))
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.equil_lr)
     state = _resume(checkpoint, model, opt, ProcessState(0, lam, gamma), gen)
-    eval_gen = torch.Generator().manual_seed(cfg.eval_seed)
-    eval_s, eval_t = _batch(source, 128, eval_gen), _batch(target, 128, eval_gen)
-    eval_batch = (torch.cat([eval_s[0], eval_t[0]]), torch.cat([eval_s[1], eval_t[1]]))
+    draw, kw = INTERPOLATIONS[interpolation], {}
+    if interpolation == "ot":
+        kw = {"plan": ot_coupling(source[0], target[0], cfg.ot_eps),
+              "classes": int(max(source[1].max(), target[1].max())) + 1}
+    eval_path = draw(source, target, 256, torch.Generator().manual_seed(cfg.eval_seed), **kw)
 
     def eval_record(t):
-        n = eval_s[0].shape[0]
-        pi = torch.cat([torch.full((n,), 1 - t), torch.full((eval_t[0].shape[0],), t)])
-        pi = pi.clamp_min(1e-12).to(eval_s[0].dtype)
-        return _functionals(model, eval_batch, state.lam, state.gamma, cfg, pi)
+        x, y, pi = eval_path.at(t)
+        return _functionals(model, (x, y), state.lam, state.gamma, cfg, pi.clamp_min(1e-12))
 
     dt = 1.0 / cfg.steps
     if state.step == 0 and not state.records:
         _log(state, {"step": 0, "t": 0.0, "lam": lam, "gamma": gamma, **eval_record(0.0)},
              log_path)
     while state.step < cfg.steps:
-        batch, pi, is_target = mixture_batch(source, target, state.t, cfg.batch_size, gen)
-        op = GibbsOperator(model, batch, state.lam, state.gamma, samples=cfg.samples,
+        path = draw(source, target, cfg.batch_size, gen, **kw)
+        x, y, pi = path.at(state.t)
+        op = GibbsOperator(model, (x, y), state.lam, state.gamma, samples=cfg.samples,
                            weights=cfg.weights, data_weights=pi.clamp_min(1e-12))
-        solve = {"maxiter": cfg.minres_iters, "damping": cfg.damping}
-        th_l = op.solve(op.b_lambda(), **solve)[0]
-        th_g = op.solve(op.b_gamma(), **solve)[0]
-        b_t, dC_dt = _time_terms(op, is_target)
-        th_t = op.solve(b_t, **solve)[0]
-        g_C = op.grad_C()
-        c_l, c_g = op.C_lambda(th_l), op.C_gamma(th_g)
-        c_t = dC_dt + float(g_C @ th_t)
-        lam_dot = cfg.lam_rate
-        gamma_dot = -(c_l * lam_dot + c_t) / c_g
-        _move(model, dt * (th_l * lam_dot + th_g * gamma_dot + th_t))
-        state.lam = max(state.lam + dt * lam_dot, 1e-6)
-        state.gamma = max(state.gamma + dt * gamma_dot, 1e-6)
+        step = transfer_rates(op, path, state.t, cfg, rule)
+        _move(model, dt * step["theta_dot"])
+        state.lam = max(state.lam + dt * step["lam_dot"], 1e-6)
+        state.gamma = max(state.gamma + dt * step["gamma_dot"], 1e-6)
         state.step += 1
         state.t = state.step * dt
         if cfg.equil_steps:
@@ -269,21 +406,12 @@ def transfer(model, source: tuple[torch.Tensor, torch.Tensor],
                         lr=cfg.equil_lr, batch_size=cfg.batch_size, optimizer=opt,
                         schedule_power=cfg.schedule_power, generator=gen)
         _log(state, {"step": state.step, "t": state.t, "lam": state.lam, "gamma": state.gamma,
-                     **eval_record(state.t), "C_t": c_t}, log_path)
+                     **eval_record(state.t), "C_t": step["C_t"]}, log_path)
         if checkpoint:
             _save(checkpoint, model, opt, state, gen)
+        if progress:
+            progress(state.step)
     return state.records
-
-
-def _time_terms(op: GibbsOperator, is_target: torch.Tensor) -> tuple[torch.Tensor, float]:
-    """b_t (eq. 25) and dC/dt at fixed theta for the mixture: with d/dt p = p_t - p_s,
-    b_t = -(E_t - E_s)<grad H> and dC/dt = C_target - C_source."""
-    diff = torch.where(is_target, 1.0 / is_target.sum(), -1.0 / (~is_target).sum())
-    diff = diff.to(op.dtype)
-    lse = torch.logsumexp(-op._terms["H"] - op._logq_for(op._terms["H"]), 1)
-    b_t = op._grad_of((diff * lse).sum(), retain_graph=True).detach()  # -(E_t - E_s) grad J_x
-    dC_dt = float((diff * -op.means[:, 1]).sum())
-    return b_t, dC_dt
 
 
 def run_demo(console, quick: bool = False) -> list[dict]:
