@@ -288,13 +288,29 @@ def test_opcheck_solvers(op):
 
 
 @pytest.mark.parametrize("mode", ["dual", "implicit"])
-@pytest.mark.parametrize("shared", [True, False])
-def test_opcheck_values(mode, shared):
+@pytest.mark.parametrize("shared,factorized,return_plan",
+                         [(True, True, False), (True, True, True), (True, False, True),
+                          (False, False, True)])
+def test_opcheck_values(mode, shared, factorized, return_plan):
     a, b, C = random_problem(2, 4, 3, shared=shared)
     C = C[None] if shared else C
     f, g, _, _ = _ops.sinkhorn_log_cpu(a, b, C, 0.1, 200, 1e-12)
-    args = (a.requires_grad_(), b.requires_grad_(), C.requires_grad_(), f, g, 0.1, mode)
+    args = (a.requires_grad_(), b.requires_grad_(), C.requires_grad_(), f, g, 0.1, mode,
+            factorized, return_plan)
     torch.library.opcheck(_ops.sinkhorn_values, args)
+
+
+def test_factorized_values_equal_plan_values():
+    a, b, C = random_problem(3, 7, 5, seed=4)
+    a[0, 2] = 0  # zero-mass entries
+    a = a / a.sum(-1, keepdim=True)
+    f, g, _, _ = _ops.sinkhorn_log_cpu(a, b, C[None], 0.02, 5000, 1e-12)
+    from pytransfer.ot.reference import plan_from_potentials, values_factorized, values_from_plan
+
+    plan = plan_from_potentials(a, b, C[None], f, g, 0.02)
+    for x, y in zip(values_factorized(a, b, C[None], f, g, 0.02),
+                    values_from_plan(a, b, C[None], plan, f, g, 0.02)):
+        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
 
 
 @pytest.mark.parametrize("n,m", [(4, 3), (2, 5)])

@@ -12,7 +12,12 @@ import torch
 
 from pytransfer import _dispatch, _ext
 from pytransfer.ot import implicit, scaling
-from pytransfer.ot.reference import plan_from_potentials, sinkhorn_log_reference, values_from_plan
+from pytransfer.ot.reference import (
+    plan_from_potentials,
+    sinkhorn_log_reference,
+    values_factorized,
+    values_from_plan,
+)
 
 OP = "sinkhorn"
 OP_SCALING = "sinkhorn_scaling"
@@ -145,25 +150,32 @@ _dispatch.register_backends(
 @torch.library.custom_op("pytransfer::sinkhorn_values", mutates_args=())
 def sinkhorn_values(
     a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
-    eps: float, grad_mode: str,
+    eps: float, grad_mode: str, factorized: bool, return_plan: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(transport_cost, objective, plan) from converged potentials; cost (B|1, n, m).
 
-    The plan is an output (saved for backward, returned by ``return_plan``) without gradient.
+    ``factorized`` (shared cost, moderate range): values by GEMMs, and the plan is formed only
+    with ``return_plan`` (else a 0-size tensor; backward forms it if it needs it). The plan is
+    an output without gradient.
     """
+    if factorized:
+        transport, objective = values_factorized(a, b, cost, f, g, eps)
+        plan = plan_from_potentials(a, b, cost, f, g, eps) if return_plan else a.new_empty(0)
+        return transport, objective, plan
     plan = plan_from_potentials(a, b, cost, f, g, eps)
     transport, objective = values_from_plan(a, b, cost, plan, f, g, eps)
     return transport, objective, plan
 
 
 @sinkhorn_values.register_fake
-def _(a, b, cost, f, g, eps, grad_mode):
+def _(a, b, cost, f, g, eps, grad_mode, factorized, return_plan):
     B, n, m = a.shape[0], a.shape[1], b.shape[1]
-    return a.new_empty((B,)), a.new_empty((B,)), a.new_empty((B, n, m))
+    plan_shape = (B, n, m) if return_plan or not factorized else (0,)
+    return a.new_empty((B,)), a.new_empty((B,)), a.new_empty(plan_shape)
 
 
 def _setup_context(ctx, inputs, output):
-    a, b, cost, f, g, eps, grad_mode = inputs
+    a, b, cost, f, g, eps, grad_mode, _factorized, _return_plan = inputs
     ctx.mark_non_differentiable(output[2])
     ctx.save_for_backward(a, b, cost, f, g, output[2])
     ctx.eps, ctx.grad_mode = eps, grad_mode
@@ -173,6 +185,8 @@ def _backward(ctx, grad_transport, grad_objective, _grad_plan):
     a, b, cost, f, g, plan = ctx.saved_tensors
     eps = ctx.eps
     need_a, need_b, need_C = ctx.needs_input_grad[:3]
+    if plan.numel() == 0 and (need_C or ctx.grad_mode == "implicit"):
+        plan = plan_from_potentials(a, b, cost, f, g, eps)
     ga_o, gb_o, gC_o = implicit.objective_vjp(a, b, f, g, plan, eps)
     if ctx.grad_mode == "implicit":
         ga_t, gb_t, gC_t = implicit.transport_cost_vjp(a, b, cost, f, g, plan, eps, need_C)
@@ -186,7 +200,7 @@ def _backward(ctx, grad_transport, grad_objective, _grad_plan):
         grad_C = wt[:, :, None] * gC_t + wo[:, :, None] * gC_o
         if cost.shape[0] == 1 and a.shape[0] != 1:
             grad_C = grad_C.sum(0, keepdim=True)
-    return grad_a, grad_b, grad_C, None, None, None, None
+    return grad_a, grad_b, grad_C, None, None, None, None, None, None
 
 
 sinkhorn_values.register_autograd(_backward, setup_context=_setup_context)

@@ -48,11 +48,14 @@ def div_cpu(w, den, x_old, x_new, with_err):
     err = torch.empty(B, dtype=w.dtype)
     bad = torch.empty(B, dtype=torch.uint8)
     lo, hi = SAFE_RANGE[w.dtype]
-    any_bad = _ext._C.scaling_div(str(w.dtype).removeprefix("torch."), w.data_ptr(),
-                                  den.data_ptr(), x_old.data_ptr(), x_new.data_ptr(), B, length,
-                                  with_err, err.data_ptr(), bad.data_ptr(), lo, hi,
+    any_bad = _ext._C.scaling_div(_DTYPE_NAMES[w.dtype], w.data_ptr(), den.data_ptr(),
+                                  x_old.data_ptr(), x_new.data_ptr(), B, length, with_err,
+                                  err.data_ptr(), bad.data_ptr(), lo, hi,
                                   torch.get_num_threads())
     return (err if with_err else None), (bad.bool() if any_bad else None)
+
+
+_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 
 
 def scaling_range(cost: torch.Tensor, eps: float) -> float:
@@ -78,13 +81,13 @@ def sinkhorn_scaling(a, b, cost, eps, max_iter, tol, div: DivFn, log_solver):
     A, Bw, T = a.contiguous(), b.contiguous(), thr
     U, U_new = torch.zeros_like(A), torch.empty_like(A)
     V, V_new = (Bw > 0).to(a.dtype), torch.empty_like(Bw)  # g = 0 on the support
-    KtU = None
+    KV, KtU = torch.empty_like(A), torch.empty_like(Bw)  # GEMM outputs, reused
 
     def keep(mask):
-        nonlocal ids, A, Bw, T, U, U_new, V, V_new, KtU
+        nonlocal ids, A, Bw, T, U, U_new, V, V_new, KV, KtU
         ids, A, Bw, T = ids[mask], A[mask], Bw[mask], T[mask]
         U, U_new, V, V_new = U[mask], U_new[mask], V[mask], V_new[mask]
-        KtU = KtU[mask] if KtU is not None else None
+        KV, KtU = KV[mask], KtU[mask]
 
     def absorb(mask, V_good, it):
         absorbed_ids.append(ids[mask])
@@ -94,7 +97,7 @@ def sinkhorn_scaling(a, b, cost, eps, max_iter, tol, div: DivFn, log_solver):
 
     it = 0
     while True:
-        KV = V @ Kt
+        torch.matmul(V, Kt, out=KV)
         check = it == max_iter or (it > 0 and tol > 0)
         e, bad = div(A, KV, U, U_new, check)
         if check:
@@ -115,7 +118,7 @@ def sinkhorn_scaling(a, b, cost, eps, max_iter, tol, div: DivFn, log_solver):
             if ids.numel() == 0:
                 break
         U, U_new = U_new, U
-        KtU = U @ K
+        torch.matmul(U, K, out=KtU)
         _, bad = div(Bw, KtU, V, V_new, False)
         if bad is not None:
             absorb(bad, V, it)

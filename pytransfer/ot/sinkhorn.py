@@ -87,7 +87,9 @@ def _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs):
     return device
 
 
-def _choose_method(method: str, shared: bool, grad: str, cost: torch.Tensor, eps: float) -> str:
+def _choose_method(method: str, shared: bool, grad: str, cost: torch.Tensor,
+                   eps: float) -> tuple[str, bool]:
+    """(method, factorized): whether the values may be computed without forming the plan."""
     if method == "scaling":
         if not shared:
             raise ValueError("method='scaling' needs a shared (n, m) cost; got a batched cost")
@@ -99,10 +101,11 @@ def _choose_method(method: str, shared: bool, grad: str, cost: torch.Tensor, eps
                 f"method='scaling': (max C - min C)/eps = {span:.4g} exceeds "
                 f"{MAX_RANGE[cost.dtype]:g}, where exp(-C/eps) underflows in {cost.dtype}; "
                 "use method='log' (or 'auto')")
-        return method
+        return method, span <= AUTO_RANGE[cost.dtype]
     if method == "log" or not shared or grad == "unrolled" or torch.compiler.is_compiling():
-        return "log"  # under torch.compile "auto" avoids the host sync of reading the range
-    return "scaling" if scaling_range(cost, eps) <= AUTO_RANGE[cost.dtype] else "log"
+        return "log", False  # under torch.compile "auto" avoids the host sync of the range
+    fits = scaling_range(cost, eps) <= AUTO_RANGE[cost.dtype]
+    return ("scaling", True) if fits else ("log", False)
 
 
 def sinkhorn(
@@ -153,7 +156,7 @@ def sinkhorn(
     if a.dtype in (torch.float16, torch.bfloat16):
         a, b, cost = a.float(), b.float(), cost.float()
     eps = float(eps)
-    method = _choose_method(method, shared, grad, cost, eps)
+    method, factorized = _choose_method(method, shared, grad, cost, eps)
     op = _ops.OP_SCALING if method == "scaling" else _ops.OP
     name, solve = _dispatch.resolve(op, backend, device.type, n=a.shape[1], m=b.shape[1])
     if grad == "unrolled":
@@ -168,7 +171,8 @@ def sinkhorn(
     else:
         with torch.no_grad():
             f, g, n_iter, err = solve(a.detach(), b.detach(), cost.detach(), eps, max_iter, tol)
-        transport, objective, plan = _ops.sinkhorn_values(a, b, cost, f, g, eps, grad)
+        transport, objective, plan = _ops.sinkhorn_values(a, b, cost, f, g, eps, grad,
+                                                          factorized, return_plan)
     converged = err <= tol * a.detach().sum(-1)
     out = SinkhornResult(transport, objective, f, g, n_iter, err, converged,
                          plan if return_plan else None)
