@@ -96,7 +96,7 @@ def scaling_cases(quick: bool) -> list[Case]:
             "plain torch two-matmul loop": _plain_scaling_loop(a, b, cost),
             "GEMMs alone": _gemms_only(a, b, cost),
         }
-        targets = {"plain torch two-matmul loop": 1.0, "GEMMs alone": 0.5}
+        targets = {"plain torch two-matmul loop": 1.0, "GEMMs alone": 0.5}  # within 2x
         scale = {}
         if B <= 4096:
             ref_b = min(B, 1024)  # the log-domain reference is timed on a subset, scaled
@@ -104,7 +104,7 @@ def scaling_cases(quick: bool) -> list[Case]:
             label = f"torch log-domain reference (timed on {ref_b}, x{B // ref_b})"
             cands[label] = lambda ar=ar, br=br, c=cost: sinkhorn(
                 ar, br, c, EPS, max_iter=ITERS, tol=0.0, method="log", backend="reference")
-            targets[label] = 50.0
+            targets[label] = 50.0 if B == 4096 else None
             scale[label] = B / ref_b
 
         def metrics(fn=cands["pytransfer auto (scaling, cpu)"], B=B):
@@ -133,22 +133,26 @@ def _early_exit_metrics(B: int):
 
 
 def _implicit_metrics(B: int):
-    """Backward time as a fraction of the forward, for JTLN's case (grad w.r.t. the weights)
-    and with the (B, n, m)-sized cost gradient too."""
+    """Backward time as a fraction of the forward: JTLN's case (gradient w.r.t. the weights)
+    and with the (B, n, m)-sized cost gradient too. The backward is timed on its own through
+    a retained graph (differences of two noisy timings are not reliable)."""
     def metrics():
         out = {}
         for label, cost_grad in (("d/da", False), ("d/da and d/dC", True)):
             a, b, cost = problem(B)
             a.requires_grad_(True)
             cost.requires_grad_(cost_grad)
+            inputs = [a, cost] if cost_grad else [a]
 
             def fwd(a=a, b=b, cost=cost):
                 return sinkhorn(a, b, cost, EPS, max_iter=ITERS, tol=0.0, grad="implicit",
                                 method="log")
 
             t_fwd = time_call(fwd, rounds=3)
-            t_both = time_call(lambda: fwd().transport_cost.sum().backward(), rounds=3)
-            out[f"implicit backward / forward ({label})"] = ((t_both - t_fwd) / t_fwd, 0.10, "<=")
+            loss = fwd().transport_cost.sum()
+            t_bwd = time_call(lambda loss=loss, inputs=inputs: torch.autograd.grad(
+                loss, inputs, retain_graph=True), rounds=5)
+            out[f"implicit backward / forward ({label})"] = (t_bwd / t_fwd, 0.10, "<=")
         return out
     return metrics
 

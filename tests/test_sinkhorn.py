@@ -343,3 +343,14 @@ def test_half_precision_inputs_are_upcast(dtype):
     out = sinkhorn(a.to(dtype), b.to(dtype), C.to(dtype), 0.1)  # mass gap of rounding allowed
     assert out.f.dtype == torch.float32
     torch.testing.assert_close(out.transport_cost, ref.transport_cost)
+
+
+def test_spd_solve_falls_back_to_lu_for_non_pd_systems():
+    from pytransfer.ot.implicit import _solve_spd
+
+    gen = torch.Generator().manual_seed(0)
+    M = torch.randn(3, 4, 4, generator=gen, dtype=torch.float64)
+    S = M @ M.transpose(-1, -2) + torch.eye(4, dtype=torch.float64)
+    S[1] = M[1] + M[1].T  # symmetric, indefinite: Cholesky fails for this one
+    rhs = torch.randn(3, 4, generator=gen, dtype=torch.float64)
+    torch.testing.assert_close(_solve_spd(S, rhs), torch.linalg.solve(S, rhs))

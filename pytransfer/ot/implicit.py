@@ -26,18 +26,30 @@ def center(x: torch.Tensor, support: torch.Tensor) -> torch.Tensor:
     return x - mean
 
 
+def _solve_spd(S: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Batched solve of the (symmetric positive definite) gauge-fixed Schur complements by
+    Cholesky; systems that are numerically not PD (extreme plans) fall back to LU."""
+    L, info = torch.linalg.cholesky_ex(S)
+    x = torch.cholesky_solve(rhs[..., None], L)[..., 0]
+    bad = info > 0
+    if bool(bad.any()):
+        x[bad] = torch.linalg.solve(S[bad], rhs[bad])
+    return x
+
+
 def _adjoint_rows_eliminated(P, C, eps, sup_a, sup_b, f, g):
     """Adjoint (z_f, z_g) of <P, C>, eliminating the row block (cheap when m <= n)."""
     r, c = P.sum(-1), P.sum(-2)
     inv_r = torch.where(sup_a, 1 / torch.where(sup_a, r, 1), 0)
     PC = P * C
     wf, wg = PC.sum(-1) / eps, PC.sum(-2) / eps
-    Pt_scaled = P.transpose(-1, -2) * inv_r[:, None, :]  # P^T diag(1/r)   (B, m, n)
-    S = torch.diag_embed(c) - Pt_scaled @ P
+    Q = P * inv_r.sqrt()[:, :, None]  # S = diag(c) - Q^T Q with Q = diag(1/r)^(1/2) P
+    Pt = P.transpose(-1, -2)
+    S = torch.diag_embed(c) - Q.transpose(-1, -2) @ Q
     mb = sup_b.to(P.dtype)
     S = S + mb[:, :, None] * mb[:, None, :] + torch.diag_embed(1 - mb)
-    rhs = torch.where(sup_b, wg - (Pt_scaled @ wf[:, :, None])[..., 0], 0)
-    zg = torch.linalg.solve(S, rhs)
+    rhs = torch.where(sup_b, wg - (Pt @ (wf * inv_r)[:, :, None])[..., 0], 0)
+    zg = _solve_spd(S, rhs)
     zf = (wf - (P @ zg[:, :, None])[..., 0]) * inv_r
     # Zero-mass entries: conditional plans of the c-transforms (limits a_i -> 0, b_j -> 0).
     ninf = torch.tensor(float("-inf"), dtype=P.dtype, device=P.device)
