@@ -72,23 +72,20 @@ def test_auto_picks_log_for_batched_cost_or_unrolled(monkeypatch):
     assert calls == []
 
 
-@pytest.mark.parametrize("backend", ["reference", "cpu"])
-def test_absorption_with_tiny_and_large_weights(backend, monkeypatch):
-    """a entries of 1e-6 next to 0.5, a cost range beyond the auto threshold (forced scaling):
-    scalings leave the safe range, those problems are absorbed and finish in the log domain."""
-    absorbed = []
-    real = scaling.sinkhorn_scaling
-
-    def spy(*args):
-        log_solver = args[-1]
-        return real(*args[:-1], lambda *x: absorbed.append(len(x[0])) or log_solver(*x))
-
-    monkeypatch.setattr(scaling, "sinkhorn_scaling", spy)
+def _tiny_and_large_weights():
+    """a entries of 1e-6 next to 0.5 and a cost range of 650 / eps (beyond the auto threshold,
+    within float64's): the scalings leave the safe range."""
     a, b, C = random_problem(3, 6, 5, dtype=torch.float64, seed=4)
     a[:, :3] = 1e-6
     a[:, 3] = 0.5
     a = a / a.sum(-1, keepdim=True)
-    eps = float(C.max() - C.min()) / 650.0  # K spans e^-650
+    return a, b, C, float(C.max() - C.min()) / 650.0
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu"])
+def test_absorption_with_tiny_and_large_weights(backend):
+    """Forced scaling: problems are absorbed, finish in the log domain, equal the log path."""
+    a, b, C, eps = _tiny_and_large_weights()
     log = sinkhorn(a, b, C, eps, tol=1e-9, max_iter=50000, method="log", backend="cpu")
     out = sinkhorn(a, b, C, eps, tol=1e-9, max_iter=50000, method="scaling", backend=backend)
     for x in out[:6]:
@@ -96,9 +93,19 @@ def test_absorption_with_tiny_and_large_weights(backend, monkeypatch):
     torch.testing.assert_close(out.transport_cost, log.transport_cost, rtol=1e-8, atol=0)
     torch.testing.assert_close(out.f, log.f, rtol=0, atol=1e-8)
     assert bool(out.converged.all())
-    assert sum(absorbed) >= 1  # absorption happened
     with pytest.raises(ValueError, match="underflows"):  # beyond float64's exponent range
         sinkhorn(a, b, C, eps * 650 / 800, method="scaling", backend=backend)
+
+
+def test_absorption_happens_in_both_implementations(monkeypatch):
+    a, b, C, eps = _tiny_and_large_weights()
+    *_, absorbed = _ops.scaling_cpu_with_flags(a, b, C[None], eps, 50000, 1e-9)
+    assert bool(absorbed.any())
+    calls = []
+    real = _ops.sinkhorn_log_reference
+    scaling.sinkhorn_scaling(a, b, C[None], eps, 50000, 1e-9, scaling.div_reference,
+                             lambda *x: calls.append(len(x[0])) or real(*x))
+    assert sum(calls) == int(absorbed.sum())  # the same problems are absorbed
 
 
 def test_triton_flags_out_of_range_problems(monkeypatch):
@@ -172,3 +179,16 @@ def test_bad_method(kwargs, match):
     a, b, C = random_problem(2, 3, 4, shared=not kwargs.pop("cost_batched", False))
     with pytest.raises(ValueError, match=match):
         sinkhorn(a, b, C, 0.1, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("per_problem", [True, False])
+def test_both_cpu_strategies_equal_log(monkeypatch, dtype, per_problem):
+    """The C++ backend switches from batched GEMMs to the per-problem kernel with B; both
+    give the log domain's results."""
+    monkeypatch.setattr(_ops, "PER_PROBLEM_BYTES", 0 if per_problem else 1 << 60)
+    a, b, C = _padded(dtype)
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    log = sinkhorn(a, b, C, 0.07, tol=tol, method="log", backend="cpu")
+    out = sinkhorn(a, b, C, 0.07, tol=tol, method="scaling", backend="cpu")
+    _assert_same(out, log, dtype, FIELDS if dtype == torch.float64 else FIELDS[:4])

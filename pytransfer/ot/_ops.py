@@ -23,6 +23,9 @@ OP = "sinkhorn"
 OP_SCALING = "sinkhorn_scaling"
 GRAD_MODES = ("dual", "implicit")
 TRITON_MAX_TILE = 1 << 14  # padded n * m held by one Triton program
+#: scaling form on CPU: beyond this many bytes of scalings, the per-problem kernel beats
+#: batched GEMMs (measured: 0.5x the GEMM loop at B=4096, 1.3-1.9x at B=65536, 78 x 22 fp32)
+PER_PROBLEM_BYTES = 4 << 20
 
 
 def _solver_fake(a, b, cost, eps, max_iter, tol, g_init=None):
@@ -109,9 +112,32 @@ _dispatch.register_backends(
 def sinkhorn_scaling_cpu(
     a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Scaling form, shared cost (1, n, m): BLAS GEMMs + the fused C++ half-step."""
-    return scaling.sinkhorn_scaling(a.contiguous(), b.contiguous(), cost.contiguous(), eps,
-                                    max_iter, tol, scaling.div_cpu, sinkhorn_log_cpu)
+    """Scaling form, shared cost (1, n, m). Two C++ strategies, chosen by measured crossover:
+    while the (B, n + m) scalings fit in cache, batched BLAS GEMMs with the fused C++ half-step
+    (the GEMMs reuse K across problems); beyond, one kernel call in which each problem iterates
+    with K held in L1 (register-blocked matrix-vector products, OpenMP over problems), which
+    no longer streams the scalings through memory twice per iteration."""
+    a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
+    if a.shape[0] * (a.shape[1] + b.shape[1]) * a.element_size() > PER_PROBLEM_BYTES:
+        return scaling_cpu_with_flags(a, b, cost, eps, max_iter, tol)[:4]
+    return scaling.sinkhorn_scaling(a, b, cost, eps, max_iter, tol, scaling.div_cpu,
+                                    sinkhorn_log_cpu)
+
+
+def scaling_cpu_with_flags(a, b, cost, eps, max_iter, tol):
+    """(f, g, n_iter, err, absorbed) of the C++ scaling kernel; ``absorbed`` marks problems
+    that finished in the log domain."""
+    a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
+    f, g, n_iter, err = _outputs(a, b)
+    absorbed = torch.empty(a.shape[0], dtype=torch.uint8)
+    lo, hi = scaling.SAFE_RANGE[a.dtype]
+    _ext._C.sinkhorn_scaling(
+        str(a.dtype).removeprefix("torch."), a.data_ptr(), b.data_ptr(), cost.data_ptr(),
+        a.shape[0], a.shape[1], b.shape[1], eps, max_iter, tol, lo, hi, f.data_ptr(),
+        g.data_ptr(), n_iter.data_ptr(), err.data_ptr(), absorbed.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return f, g, n_iter, err, absorbed.bool()
 
 
 sinkhorn_scaling_cpu.register_fake(_solver_fake)

@@ -1,10 +1,12 @@
-"""Scaling-form Sinkhorn for a shared cost, stabilised by absorption (issue 4).
+"""Scaling-form Sinkhorn for a shared cost, stabilised by absorption (issue 4): the batched
+GEMM loop (the reference, and the CPU backend for moderate B with the fused C++ half-step
+``div_cpu``) and the constants shared with the C++ and Triton kernels.
 
 With K = exp(-(C - min C)/eps) computed once, an iteration for all B problems is two GEMMs,
     u = a / (v K^T),   v = b / (u K),
-the same iterates as the log domain: f = eps log u + min C, g = eps log v. The division, the
-marginal error (a by-product of the next GEMM: ||u * (K v) - a||_1) and a range check run in
-one fused pass. A problem whose scalings leave the safe range is absorbed (Schmitzer 2019): its
+the same iterates as the log domain: f = eps log u + min C, g = eps log v. The marginal error
+is a by-product of the next product, ||u * (K v) - a||_1. A problem whose scalings leave the
+safe range is absorbed (Schmitzer 2019): its
 last in-range scalings become log potentials, g = eps log v, and it continues in the log
 domain from there; the others keep sharing K. Converged problems leave the working set, so a
 GEMM only ever spans the active problems (per-problem early exit).
