@@ -43,7 +43,7 @@ CASES = [
         HScoreStats(3, 3).update(F[None].repeat(2, 1, 1), Y)), ValueError, "feature-set counts"),
     ("empty score", lambda: HScoreStats(3, 3).h_score(), ValueError, "no samples"),
     ("map >= C", lambda: pixelwise_h_score(F, torch.full((30, 2), 3), 3), ValueError,
-     "label_maps has values >= num_classes=3"),
+     "label_maps has entries >= num_classes=3"),
     ("map rows", lambda: pixelwise_h_score(F, torch.zeros(29, 2, dtype=torch.long), 3),
      ValueError, "label_maps has 29 rows"),
     ("map dtype", lambda: pixelwise_h_score(F, torch.zeros(30, 2), 3), TypeError, "integer"),

@@ -13,23 +13,13 @@ import torch
 
 from pytransfer import _checks, _dispatch
 from pytransfer.hscore import _ops
-from pytransfer.hscore.stats import HScoreStats, check_num_classes
+from pytransfer.hscore.stats import HScoreStats, check_labels, check_num_classes
 
 
 def check_label_maps(label_maps: object, n: int, num_classes: int) -> torch.Tensor:
     _checks.tensor("label_maps", label_maps)
     _checks.ndim("label_maps", label_maps, (2,))
-    if label_maps.dtype.is_floating_point or label_maps.dtype == torch.bool:
-        raise TypeError(f"label_maps must have an integer dtype, got {label_maps.dtype}")
-    if label_maps.shape[0] != n:
-        raise ValueError(f"label_maps has {label_maps.shape[0]} rows but features have N={n}")
-    if label_maps.numel():
-        lo, hi = int(label_maps.min()), int(label_maps.max())
-        if lo < 0:
-            raise ValueError(f"label_maps has negative entries (min {lo})")
-        if hi >= num_classes:
-            raise ValueError(f"label_maps has values >= num_classes={num_classes} (max {hi})")
-    return label_maps
+    return check_labels("label_maps", label_maps, n, num_classes)
 
 
 def pixelwise_h_score(

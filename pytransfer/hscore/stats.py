@@ -25,7 +25,7 @@ _FIELDS = ("s1", "s2", "cs", "q3", "q4")
 
 
 def check_labels(name: str, labels: object, n: int, num_classes: int) -> torch.Tensor:
-    """Integer labels of length ``n`` in [0, num_classes); returns them as int64."""
+    """Integer labels (label maps) with ``n`` rows, in [0, num_classes); returns int64."""
     _checks.tensor(name, labels)
     if labels.dtype.is_floating_point or labels.dtype.is_complex or labels.dtype == torch.bool:
         raise TypeError(f"{name} must have an integer dtype, got {labels.dtype}")
