@@ -6,10 +6,17 @@ os.environ["TRITON_INTERPRET"] = "1"
 
 import pytest
 import torch
+from hypothesis import settings
 
 from pytransfer import _ext
 
 torch.set_num_threads(1)
+
+# Property tests draw the same examples on every run (CI must not depend on luck); set
+# HYPOTHESIS_PROFILE=explore to search new examples locally.
+settings.register_profile("ci", derandomize=True)
+settings.register_profile("explore", derandomize=False)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 #: backends whose kernels these tests run on CPU tensors (triton through the interpreter)
 CPU_BACKENDS = ["reference", "cpu", "triton"]
