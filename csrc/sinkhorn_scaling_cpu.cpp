@@ -37,13 +37,12 @@ bool scaling_div_cpu(const T* w, const T* den, const T* x_old, T* x_new, int64_t
       }
       err[p] = e;
     }
-  } else {  // one flat pass: no per-problem tails
+  } else {  // flat passes, no per-problem tails: the division alone, then the range check
+#pragma omp parallel for simd num_threads(threads) schedule(static)
+    for (int64_t k = 0; k < total; ++k) x_new[k] = w[k] > 0 ? w[k] / den[k] : T(0);
 #pragma omp parallel for simd num_threads(threads) schedule(static) reduction(| : any_bad)
-    for (int64_t k = 0; k < total; ++k) {
-      const T xn = w[k] > 0 ? w[k] / den[k] : T(0);
-      any_bad |= (w[k] > 0) & !((xn >= lo) & (xn <= hi));
-      x_new[k] = xn;
-    }
+    for (int64_t k = 0; k < total; ++k)
+      any_bad |= (w[k] > 0) & !((x_new[k] >= lo) & (x_new[k] <= hi));
   }
   // Which problems must be absorbed: only looked up when some scaling left the range (rare).
   for (int64_t p = 0; p < B; ++p) {
