@@ -178,7 +178,6 @@ def cases(quick: bool = False) -> list[Case]:
 
 @pytest.fixture(scope="module")
 def quick_candidates():
-    pin_one_thread()
     return candidates(True)[0]
 
 

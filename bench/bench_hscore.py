@@ -170,11 +170,6 @@ def cases(quick: bool = False) -> list[Case]:
 
 
 # ------------------------------------------------------------- pytest-benchmark suite
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    pin_one_thread()
-
-
 @pytest.mark.parametrize("label", ["pytransfer cpu", "tllib h_score (pinv)"])
 def test_hscore_n20k_d512(benchmark, label):
     fn = candidates(20_000, 512, 50)[label]

@@ -159,11 +159,6 @@ def cases(quick: bool = False) -> list[Case]:
 
 
 # ------------------------------------------------------------- pytest-benchmark suite
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    pin_one_thread()
-
-
 @pytest.mark.parametrize("label", ["pytransfer linear cpu", "tllib-style linear"])
 def test_mmd_n256_d256(benchmark, label):
     benchmark.pedantic(fwd_bwd(implementations()[label], *features(256, 256)), rounds=1,

@@ -180,11 +180,6 @@ def cases(quick: bool = False) -> list[Case]:
 
 
 # ------------------------------------------------------------- pytest-benchmark suite
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    pin_one_thread()
-
-
 @pytest.mark.parametrize("label", ["pytransfer cpu", "pytransfer reference",
                                    "POT ot.batch log_sinkhorn"])
 def test_sinkhorn_b4096(benchmark, label):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from sklearn.covariance import ledoit_wolf
 
 from pytransfer.hscore import HScoreStats, _ops, h_score
-from pytransfer.hscore.reference import h_score_reference, stats_reference
+from pytransfer.hscore.reference import h_score_reference, ledoit_wolf_reference, stats_reference
 
 
 def np_h_score(f: np.ndarray, y: np.ndarray, shrinkage: float = 0.0) -> float:
@@ -190,6 +190,7 @@ def test_ledoit_wolf_matches_sklearn(N, d):
     for a in range(0, N, 13):
         stats.update(f[a:a + 13], y[a:a + 13])
     assert float(stats.ledoit_wolf()) == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert float(ledoit_wolf_reference(f)) == pytest.approx(want, rel=1e-9, abs=1e-12)
     h = float(h_score(f, y, shrinkage="ledoit-wolf"))
     assert h == pytest.approx(np_h_score(f.numpy(), y.numpy(), want), rel=1e-9)
 

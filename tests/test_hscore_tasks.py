@@ -23,6 +23,7 @@ from pytransfer.hscore import (
 )
 from pytransfer.hscore.ace import dtm
 from pytransfer.hscore.cli import app
+from pytransfer.hscore.reference import pixelwise_h_score_reference
 from pytransfer.nn.hscore_loss import HScore, soft_hgr
 
 
@@ -35,6 +36,8 @@ def test_pixelwise_matches_per_pixel_loop(backend):
                         dtype=torch.float64)
     got = pixelwise_h_score(f, maps, 4, backend=backend)
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(pixelwise_h_score_reference(f, maps, 4), want, rtol=1e-10,
+                               atol=1e-14)
     shr = pixelwise_h_score(f.float(), maps, 4, shrinkage=0.2, backend=backend)
     want = [np_h_score(f.float().double().numpy(), maps[:, p].numpy(), 0.2) for p in range(7)]
     torch.testing.assert_close(shr, torch.tensor(want, dtype=torch.float64), rtol=1e-5,

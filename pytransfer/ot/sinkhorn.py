@@ -151,7 +151,7 @@ def sinkhorn(
     single = a.dim() == 1
     if single:
         a, b, cost = a[None], b[None], cost[None]
-    elif cost.dim() == 2:
+    elif shared:
         cost = cost[None]
     if a.dtype in (torch.float16, torch.bfloat16):
         a, b, cost = a.float(), b.float(), cost.float()

@@ -1,0 +1,11 @@
+"""pytest-benchmark suites (``pytest bench/bench_<op>.py --benchmark-enable``): CPU kernels
+are compared with one thread, as in the report CLI."""
+
+import pytest
+
+from bench.common import pin_one_thread
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_thread():
+    pin_one_thread()
