@@ -7,7 +7,7 @@ import math
 import pytest
 from typer.testing import CliRunner
 
-from pytransfer.free_energy.cli import app
+from pytransfer.cli import app
 
 runner = CliRunner()
 
@@ -27,7 +27,7 @@ def _check(out, stem, steps):
 
 
 def test_iso_classification_quick(tmp_path):
-    res = runner.invoke(app, ["iso-classification", "--out", str(tmp_path), "--quick"])
+    res = runner.invoke(app, ["free-energy", "iso-classification", "--out", str(tmp_path), "--quick"])
     assert res.exit_code == 0, res.output
     recs = _check(tmp_path, "iso_exact", 3)
     assert recs[-1]["lam"] == pytest.approx(1.0)  # lambda-dot = lambda: doubles over t in [0, 1]
@@ -35,7 +35,7 @@ def test_iso_classification_quick(tmp_path):
 
 
 def test_transfer_quick(tmp_path):
-    res = runner.invoke(app, ["transfer", "--out", str(tmp_path), "--quick", "--rule",
+    res = runner.invoke(app, ["free-energy", "transfer", "--out", str(tmp_path), "--quick", "--rule",
                               "geodesic"])
     assert res.exit_code == 0, res.output
     _check(tmp_path, "transfer_geodesic_ot", 3)

@@ -22,7 +22,7 @@ from pytransfer.hscore import (
     transferability_matrix,
 )
 from pytransfer.hscore.ace import dtm
-from pytransfer.hscore.cli import app
+from pytransfer.cli import app
 from pytransfer.hscore.reference import pixelwise_h_score_reference
 from pytransfer.nn.hscore_loss import HScore, soft_hgr
 
@@ -164,20 +164,20 @@ def test_cli_rank_and_cluster(tmp_path, monkeypatch):
     np.save(tmp_path / "y.npy", y.numpy())
     np.save(tmp_path / "y2.npy", (noise[:, 0] > 0).long().numpy())
     runner = CliRunner()
-    res = runner.invoke(app, ["rank", "--features", str(tmp_path / "bad.npy"),
+    res = runner.invoke(app, ["hscore", "rank", "--features", str(tmp_path / "bad.npy"),
                               str(tmp_path / "good.npy"), "--labels", str(tmp_path / "y.npy")])
     assert res.exit_code == 0, res.output
     assert res.output.index("good.npy") < res.output.index("bad.npy")
     score = float(re.search(r"good\.npy.*?│\s+([\d.]+)", res.output, re.DOTALL).group(1))
     assert score == pytest.approx(float(h_score(f, y)), rel=1e-5)
     png = tmp_path / "tree.png"
-    res = runner.invoke(app, ["cluster", "--features", str(tmp_path / "good.npy"),
+    res = runner.invoke(app, ["hscore", "cluster", "--features", str(tmp_path / "good.npy"),
                               "--features", str(tmp_path / "bad.npy"),
                               "--targets", str(tmp_path / "y.npy"),
                               "--targets", str(tmp_path / "y2.npy"), "--dendrogram", str(png)])
     assert res.exit_code == 0, res.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    res = runner.invoke(app, ["rank", "--features", str(tmp_path / "good.npy"), "--labels",
+    res = runner.invoke(app, ["hscore", "rank", "--features", str(tmp_path / "good.npy"), "--labels",
                               str(tmp_path / "y.npy"), "--shrinkage", "lots"])
     assert res.exit_code != 0 and "shrinkage" in res.output
 

@@ -1,4 +1,4 @@
-"""Command line: ``pytransfer demo`` (the main job) and ``pytransfer backends``."""
+"""``pytransfer demo``: the main job on the embedded digits."""
 
 from __future__ import annotations
 
@@ -10,31 +10,9 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-app = typer.Typer(help="pytransfer: fast kernels for information-theoretic transfer learning",
-                  no_args_is_help=True)
 console = Console()
 
-from pytransfer.free_energy.cli import app as free_energy_app  # noqa: E402
-from pytransfer.hscore.cli import app as hscore_app  # noqa: E402
 
-app.add_typer(hscore_app, name="hscore", help="H-score transferability: rank features/sources")
-app.add_typer(free_energy_app, name="free-energy",
-              help="Free-energy iso-classification and transfer processes")
-
-
-@app.command()
-def backends() -> None:
-    """List every op's backends and whether they can run here."""
-    import pytransfer
-
-    table = Table("op", "backend", "status")
-    for op, impls in pytransfer.backends().items():
-        for name, status in impls.items():
-            table.add_row(op, name, status)
-    console.print(table)
-
-
-@app.command()
 def demo(steps: int = typer.Option(300, help="JTLN training steps per run"),
          seeds: int = typer.Option(3, help="JTLN runs per setting"),
          target_per_class: int = typer.Option(5, help="labelled target samples per class"),
@@ -89,6 +67,3 @@ def _jtln_demo(steps: int, seeds: int, target_per_class: int, eps: float) -> Non
                       f"{times[name] / seeds:.2f}")
     console.print(table)
 
-
-if __name__ == "__main__":
-    app()

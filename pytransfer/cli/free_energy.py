@@ -1,6 +1,6 @@
 """``pytransfer free-energy iso-classification | transfer`` on the embedded 8x8 digits: an
 equilibrated model, then the process (eq. 17-22, 31 or Lemma 9 with eq. 30/38), writing the
-JSONL record and the R-D / C plots (``plots.py``) to ``--out``."""
+JSONL record and the R-D / C plots (``pytransfer.report``) to ``--out``."""
 
 from __future__ import annotations
 
@@ -54,7 +54,7 @@ def _config(quick: bool, steps: int | None, lam: float):
 
 
 def _finish(out: Path, stem: str, records: list[dict]) -> None:
-    from pytransfer.free_energy.plots import plot_record
+    from pytransfer.report import plot_record
 
     rd, c = plot_record(out / f"{stem}.jsonl", out, stem)
     last = records[-1]
