@@ -1,5 +1,7 @@
 """PNG plots of a process record (JSONL, one object a step with t, R, D, C): the
-rate-distortion plane (the paper's Fig. 1, 3, 5) and the classification loss C over time."""
+rate-distortion plane (the paper's Fig. 1, 3, 5) and the classification loss C over time; the
+dendrogram of an H-score task clustering. matplotlib's backend is the caller's choice (the CLI
+picks Agg)."""
 
 from __future__ import annotations
 
@@ -16,9 +18,6 @@ def plot_record(record: str | Path | list[dict], out: str | Path,
                 stem: str = "process") -> tuple[Path, Path]:
     """Writes ``<stem>_rd.png`` (D against R, points coloured by t) and ``<stem>_C.png`` (C
     against t, with lambda and gamma on a second axis) into ``out``; returns both paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     recs = read_record(record) if isinstance(record, (str, Path)) else record
@@ -55,3 +54,17 @@ def plot_record(record: str | Path | list[dict], out: str | Path,
     fig.savefig(c, dpi=100)
     plt.close(fig)
     return rd, c
+
+
+def plot_dendrogram(linkage, labels: list[str], path: str | Path) -> Path:
+    """The dendrogram of a scipy linkage (H-score task clustering) as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+    from scipy.cluster.hierarchy import dendrogram
+
+    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(labels) + 2), 3.5))
+    dendrogram(linkage, labels=labels, ax=ax)
+    ax.set_ylabel("distance of normalised H-score vectors")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -8,8 +8,6 @@ import torch
 from pytransfer.free_energy import FreeEnergyModel, GibbsOperator
 from pytransfer.methods.free_energy import (
     ProcessConfig,
-    _b_t,
-    _rates,
     equilibrate,
     mixture_batch,
     ot_batch,
@@ -18,6 +16,7 @@ from pytransfer.methods.free_energy import (
     transfer,
     transfer_rates,
 )
+from pytransfer.methods.free_energy.process import _b_t, _rates
 
 DT = torch.float64
 

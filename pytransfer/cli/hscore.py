@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import torch
 import typer
 from rich.console import Console
 from rich.table import Table
+
+from pytransfer.cli._common import fail, new_file, user_errors
 
 app = typer.Typer(help="H-score transferability (source selection, task clustering)",
                   no_args_is_help=True)
@@ -22,14 +24,18 @@ def _shrinkage(value: str) -> float | str | None:
     if value == "ledoit-wolf":
         return value
     try:
-        return float(value)
+        s = float(value)
     except ValueError:
-        raise typer.BadParameter(f"--shrinkage must be none, ledoit-wolf or a float, got "
-                                 f"{value!r}") from None
+        s = math.nan
+    if not 0 <= s <= 1:
+        fail(f"--shrinkage must be none, ledoit-wolf or a float in [0, 1], got {value!r}")
+    return s
 
 
 def _load(path: Path) -> torch.Tensor:
-    return torch.from_numpy(np.load(path))
+    from pytransfer.data import read_npy
+
+    return torch.from_numpy(read_npy(path))
 
 
 @app.command()
@@ -43,9 +49,11 @@ def rank(
     """Score each feature set on the target labels; print them best first (Definition 4)."""
     from pytransfer.hscore import rank_sources
 
+    shrink = _shrinkage(shrinkage)
     paths = list(features) + list(more or [])
-    y = _load(labels)
-    ranked = rank_sources({str(p): _load(p) for p in paths}, y, shrinkage=_shrinkage(shrinkage))
+    with user_errors():
+        y = _load(labels)
+        ranked = rank_sources({str(p): _load(p) for p in paths}, y, shrinkage=shrink)
     table = Table(title=f"H-score on {labels} (N={len(y)}, C={int(y.max()) + 1})")
     for col in ("rank", "features", "H-score"):
         table.add_column(col, justify="left" if col == "features" else "right")
@@ -59,18 +67,24 @@ def cluster(
     features: Annotated[list[Path], typer.Option(help="source (N, d) .npy arrays")],
     targets: Annotated[list[Path], typer.Option(
         help="target labels (N,) or label maps (N, P) (.npy)")],
-    clusters: Annotated[int, typer.Option(help="number of task clusters")] = 2,
+    clusters: Annotated[int, typer.Option(min=1, help="number of task clusters")] = 2,
     dendrogram: Annotated[Path | None, typer.Option(
-        help="write the dendrogram of the targets here (PNG)")] = None,
+        help="a new .png file for the dendrogram of the targets (a folder, or an existing file, "
+             "is refused)")] = None,
 ) -> None:
     """Transferability matrix sources x targets and agglomerative clustering of the targets
     by their H-score vectors (section 5.2)."""
     from pytransfer.hscore import cluster_tasks, transferability_matrix
 
     if len(targets) < 2:
-        raise typer.BadParameter("--targets needs at least two target tasks to cluster")
-    M = transferability_matrix([_load(p) for p in features], [_load(p) for p in targets])
-    groups, Z = cluster_tasks(M, clusters)
+        fail("--targets needs at least two target tasks to cluster")
+    if clusters > len(targets):
+        fail(f"--clusters {clusters} exceeds the {len(targets)} targets")
+    if dendrogram is not None:
+        new_file("--dendrogram", dendrogram, ".png")
+    with user_errors():
+        M = transferability_matrix([_load(p) for p in features], [_load(p) for p in targets])
+        groups, Z = cluster_tasks(M, clusters)
     table = Table(title="H-score: sources (rows) x targets (columns)")
     table.add_column("source")
     for j, p in enumerate(targets):
@@ -79,16 +93,8 @@ def cluster(
         table.add_row(p.stem, *(f"{float(v):.4g}" for v in M[i]))
     console.print(table)
     if dendrogram is not None:
-        import matplotlib
+        from pytransfer.report import plot_dendrogram
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from scipy.cluster.hierarchy import dendrogram as draw
-
-        fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(targets) + 2), 3.5))
-        draw(Z, labels=[p.stem for p in targets], ax=ax)
-        ax.set_ylabel("distance of normalised H-score vectors")
-        fig.tight_layout()
-        fig.savefig(dendrogram, dpi=120)
-        plt.close(fig)
+        with user_errors():
+            plot_dendrogram(Z, [p.stem for p in targets], dendrogram)
         console.print(f"dendrogram written to {dendrogram}")

@@ -1,4 +1,4 @@
-"""The default transfer task: sklearn digits 0-4 (source) -> 5-9 (target) (DESIGN.md section 9)."""
+"""The default transfer task: sklearn digits 0-4 (source) -> 5-9 (target)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from sklearn.datasets import load_digits
 
 
 class DigitsTransfer(NamedTuple):
@@ -23,6 +22,8 @@ def digits_transfer(target_per_class: int = 5, seed: int = 0,
     """Source: every digit 0-4; target: ``target_per_class`` labelled 5-9 each, the rest test."""
     if target_per_class < 1:
         raise ValueError(f"target_per_class must be >= 1, got {target_per_class}")
+    from sklearn.datasets import load_digits
+
     x, y = load_digits(return_X_y=True)
     x = torch.as_tensor(x / 16.0, dtype=dtype)
     y = torch.as_tensor(y, dtype=torch.int64)

@@ -1,110 +1,23 @@
-"""Free-energy processes (Achille et al., "A free-energy principle for representation
-learning"): equilibration, iso-classification (eq. 17-22, 31) and transfer with a changing data
-distribution (Lemma 9, eq. 23-28), on the exact operator of ``pytransfer.free_energy``.
+"""Free-energy processes ("A Free-Energy Principle for Representation Learning", Gao &
+Chaudhari, ICML 2020) on the exact operator of ``pytransfer.free_energy``: iso-classification
+(eq. 17-22, 31) and transfer with a changing data distribution (Lemma 9, eq. 23-30, 38).
 
-Every process step appends R, D, C, F (eq. 1, 4, 10) and (t, lambda, gamma) to its record
-(optionally a JSONL file) and can checkpoint/resume (model, optimiser and process state). The
-data path of a transfer is the mixture (eq. 23) or the OT interpolation (Appendix F, eq. 37),
-each one function returning a :class:`DataPath`.
-"""
+Every step appends R, D, C, F (eq. 1, 4, 10) and (t, lambda, gamma) to the record (optionally
+a JSONL file) and can checkpoint / resume (model, optimiser and process state)."""
 
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import torch
 
 from pytransfer import _checks
 from pytransfer.free_energy import GibbsOperator
-
-VARIANTS = ("exact", "practical")
-
-
-def variational_free_energy(model, x: torch.Tensor, y: torch.Tensor, lam: float, gamma: float,
-                            samples: int = 1) -> torch.Tensor:
-    """E_x E_{e(z|x)}[H + log e] = R + lam D + gamma C (eq. 8, 12) with reparameterised samples:
-    an upper bound on F, minimised over every parameter, the encoder included."""
-    q = model.encode(x)
-    z = q.rsample((samples,))
-    H = -model.log_prior(z) - lam * model.log_decoder(x, z) - gamma * model.log_classifier(y, z)
-    return (H + q.log_prob(z)).mean()
-
-
-def eta_schedule(step: int, total: int, power: float = 1.0) -> float:
-    """eta(t) = (t/T)^2 (1 - t/T)^power normalised to peak 1 (Sec. 5.1; the arXiv text has
-    power 5, the conference version 1)."""
-    s = step / total
-    peak_s = 2.0 / (2.0 + power)
-    return (s * s * (1 - s) ** power) / (peak_s**2 * (1 - peak_s) ** power)
-
-
-def _batch(data, batch_size: int, gen: torch.Generator):
-    x, y = data
-    idx = torch.randint(0, x.shape[0], (min(batch_size, x.shape[0]),), generator=gen)
-    return x[idx], y[idx]
-
-
-def equilibrate(model, data: tuple[torch.Tensor, torch.Tensor], lam: float, gamma: float, *,
-                steps: int, lr: float = 1e-3, batch_size: int = 64, samples: int = 1,
-                optimizer: torch.optim.Optimizer | None = None, schedule_power: float | None = None,
-                generator: torch.Generator | None = None) -> torch.optim.Optimizer:
-    """Adam on the variational free energy at fixed (lam, gamma) (eq. 12): brings theta to the
-    equilibrium surface and the encoder to the Gibbs measure. ``schedule_power`` set: the
-    learning rate follows :func:`eta_schedule` with peak ``lr`` (Sec. 5.1)."""
-    opt = optimizer or torch.optim.Adam(model.parameters(), lr=lr)
-    gen = generator or torch.Generator().manual_seed(0)
-    for k in range(steps):
-        if schedule_power is not None:
-            for g in opt.param_groups:
-                g["lr"] = lr * eta_schedule(k + 1, steps + 1, schedule_power)
-        x, y = _batch(data, batch_size, gen)
-        loss = variational_free_energy(model, x, y, lam, gamma, samples)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return opt
-
-
-@dataclass
-class ProcessConfig:
-    """Settings of an iso-classification or transfer process.
-
-    ``lam_rate``: lambda-dot of the exact process (lambda moves by lam_rate over the process);
-    ``alpha``: time scale of the practical variant (eq. 22/31); ``fd_step``: its finite
-    difference in (lambda, gamma); ``equil_steps``: re-equilibration steps after each Euler
-    step (the practical variant's schedule eta(t)); ``eval_seed`` fixes the evaluation samples;
-    ``slope``: k = dD/dR of the geodesic transfer (eq. 30; the paper leaves it free);
-    ``ot_eps``: Sinkhorn regularisation of the OT interpolation (relative to the mean cost).
-    """
-
-    steps: int = 20
-    lam_rate: float = 1.0
-    alpha: float = 1.0
-    fd_step: float = 1e-3
-    samples: int = 32
-    weights: str = "importance"
-    batch_size: int = 64
-    minres_iters: int = 30
-    minres_rtol: float = 1e-6
-    damping: float = 0.0
-    equil_steps: int = 0
-    equil_lr: float = 1e-3
-    schedule_power: float = 1.0
-    eval_seed: int = 0
-    seed: int = 0
-    slope: float = -1.0
-    ot_eps: float = 0.05
-
-
-@dataclass
-class ProcessState:
-    step: int
-    lam: float
-    gamma: float
-    t: float = 0.0
-    records: list[dict] = field(default_factory=list)
+from pytransfer.methods.free_energy.checkpoint import resume, save_checkpoint
+from pytransfer.methods.free_energy.config import RULES, VARIANTS, ProcessConfig, ProcessState
+from pytransfer.methods.free_energy.equilibrium import equilibrate
+from pytransfer.methods.free_energy.paths import INTERPOLATIONS, DataPath, ot_coupling, sample_batch
 
 
 def _functionals(model, batch, lam, gamma, cfg: ProcessConfig, data_weights=None) -> dict:
@@ -120,23 +33,6 @@ def _log(state: ProcessState, rec: dict, log_path: str | None) -> None:
     if log_path:
         with open(log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
-
-
-def _save(path, model, opt, state, gen):
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "state": asdict(state), "generator": gen.get_state(),
-                "torch_rng": torch.get_rng_state()}, path)
-
-
-def _resume(path, model, opt, state, gen) -> ProcessState:
-    if not path or not os.path.exists(path):
-        return state
-    ck = torch.load(path, weights_only=False)
-    model.load_state_dict(ck["model"])
-    opt.load_state_dict(ck["optimizer"])
-    gen.set_state(ck["generator"])
-    torch.set_rng_state(ck["torch_rng"])
-    return ProcessState(**ck["state"])
 
 
 def _move(model, delta: torch.Tensor) -> None:
@@ -165,15 +61,15 @@ def iso_classification(model, data: tuple[torch.Tensor, torch.Tensor], lam: floa
     _checks.choice("variant", variant, VARIANTS)
     lam, gamma = _checks.positive_float("lam", lam), _checks.positive_float("gamma", gamma)
     gen = torch.Generator().manual_seed(cfg.seed)
-    eval_batch = eval_batch or _batch(data, 256, torch.Generator().manual_seed(cfg.eval_seed))
+    eval_batch = eval_batch or sample_batch(data, 256, torch.Generator().manual_seed(cfg.eval_seed))
     opt = torch.optim.Adam(model.parameters(), lr=cfg.equil_lr)
-    state = _resume(checkpoint, model, opt, ProcessState(0, lam, gamma), gen)
+    state = resume(checkpoint, model, opt, ProcessState(0, lam, gamma), gen)
     dt = 1.0 / cfg.steps
     if state.step == 0 and not state.records:
         _log(state, {"step": 0, "t": 0.0, "lam": lam, "gamma": gamma,
                      **_functionals(model, eval_batch, lam, gamma, cfg)}, log_path)
     while state.step < min(cfg.steps, cfg.steps if until is None else until):
-        op = GibbsOperator(model, _batch(data, cfg.batch_size, gen), state.lam, state.gamma,
+        op = GibbsOperator(model, sample_batch(data, cfg.batch_size, gen), state.lam, state.gamma,
                            samples=cfg.samples, weights=cfg.weights)
         extra = {}
         if variant == "exact":
@@ -206,80 +102,10 @@ def iso_classification(model, data: tuple[torch.Tensor, torch.Tensor], lam: floa
                      **_functionals(model, eval_batch, state.lam, state.gamma, cfg), **extra},
              log_path)
         if checkpoint:
-            _save(checkpoint, model, opt, state, gen)
+            save_checkpoint(checkpoint, model, opt, state, gen)
         if progress:
             progress(state.step)
     return state.records
-
-
-@dataclass
-class DataPath:
-    """Rows of p(x, t) drawn once, as functions of t (eq. 23, 37): x(t) = (1 - t) x0 + t x1,
-    data weights pi(t) = (1 - t) pi0 + t pi1 and labels y0 (hard, fixed) or, with y1 given,
-    the label distributions (1 - t) y0 + t y1 (Remark 11). ``at(t)`` takes a float or a 0-d
-    tensor (differentiable: the t-derivatives of Lemma 9)."""
-
-    x0: torch.Tensor
-    x1: torch.Tensor
-    y0: torch.Tensor
-    pi0: torch.Tensor
-    pi1: torch.Tensor
-    y1: torch.Tensor | None = None
-
-    def at(self, t) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.x0 if self.x1 is self.x0 else torch.lerp(self.x0, self.x1, t)
-        y = self.y0 if self.y1 is None else torch.lerp(self.y0, self.y1, t)
-        return x, y, torch.lerp(self.pi0, self.pi1, t)
-
-
-def mixture_batch(source, target, batch_size: int, gen: torch.Generator) -> DataPath:
-    """p(x, t) = (1 - t) p_s + t p_t (eq. 23): half source, half target rows with data weights
-    (1 - t)/n_s and t/n_t (so d/dt of an expectation is E_target - E_source); labels kept."""
-    xs, ys = _batch(source, max(batch_size // 2, 1), gen)
-    xt, yt = _batch(target, max(batch_size // 2, 1), gen)
-    ns, nt = xs.shape[0], xt.shape[0]
-    pi0 = torch.cat([torch.full((ns,), 1.0 / ns), torch.zeros(nt)]).to(xs.dtype)
-    pi1 = torch.cat([torch.zeros(ns), torch.full((nt,), 1.0 / nt)]).to(xs.dtype)
-    x = torch.cat([xs, xt])
-    return DataPath(x, x, torch.cat([ys, yt]), pi0, pi1)
-
-
-def ot_coupling(xs: torch.Tensor, xt: torch.Tensor, eps: float = 0.05,
-                max_iter: int = 2000) -> torch.Tensor:
-    """Gamma* of eq. 36 between the empirical source and target (uniform weights) on the dense
-    cost ||x_i - x_j||^2 (divided by its mean, so ``eps`` is relative), by entropic Sinkhorn
-    (``pytransfer.ot.sinkhorn``) as the paper does; (n_s, n_t), mass 1. For data sets whose
-    n_s x n_t cost fits in memory."""
-    from pytransfer.ot import sinkhorn
-
-    cost = torch.cdist(xs.flatten(1), xt.flatten(1)).pow(2)
-    cost = cost / cost.mean().clamp_min(torch.finfo(cost.dtype).tiny)
-    a = torch.full((xs.shape[0],), 1.0 / xs.shape[0], dtype=cost.dtype)
-    b = torch.full((xt.shape[0],), 1.0 / xt.shape[0], dtype=cost.dtype)
-    return sinkhorn(a, b, cost, eps, max_iter=max_iter, tol=1e-6, return_plan=True).plan
-
-
-def sample_pairs(plan: torch.Tensor, n: int, gen: torch.Generator):
-    """n index pairs (i, j) drawn i.i.d. from the coupling ``plan`` (n_s, n_t)."""
-    flat = torch.multinomial(plan.flatten().double(), n, replacement=True, generator=gen)
-    return flat // plan.shape[1], flat % plan.shape[1]
-
-
-def ot_batch(source, target, batch_size: int, gen: torch.Generator, *, plan: torch.Tensor,
-             classes: int) -> DataPath:
-    """The OT interpolation of Appendix F (eq. 37): pairs (i, j) ~ Gamma*, rows
-    x(t) = (1 - t) x_i + t x_j with equal weights and labels (1 - t) e_{y_i} + t e_{y_j}
-    (Remark 11). ``plan`` from :func:`ot_coupling` on the full source and target."""
-    i, j = sample_pairs(plan, batch_size, gen)
-    (xs, ys), (xt, yt) = source, target
-    hot = torch.nn.functional.one_hot
-    pi = torch.full((batch_size,), 1.0 / batch_size, dtype=xs.dtype)
-    return DataPath(xs[i], xt[j], hot(ys[i], classes).to(xs.dtype), pi, pi,
-                    hot(yt[j], classes).to(xs.dtype))
-
-
-INTERPOLATIONS = {"mixture": mixture_batch, "ot": ot_batch}
-RULES = ("constant-lambda", "geodesic")
 
 
 @dataclass
@@ -374,7 +200,7 @@ def transfer(model, source: tuple[torch.Tensor, torch.Tensor],
     _checks.choice("interpolation", interpolation, tuple(INTERPOLATIONS))
     gen = torch.Generator().manual_seed(cfg.seed)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.equil_lr)
-    state = _resume(checkpoint, model, opt, ProcessState(0, lam, gamma), gen)
+    state = resume(checkpoint, model, opt, ProcessState(0, lam, gamma), gen)
     draw, kw = INTERPOLATIONS[interpolation], {}
     if interpolation == "ot":
         kw = {"plan": ot_coupling(source[0], target[0], cfg.ot_eps),
@@ -408,42 +234,7 @@ def transfer(model, source: tuple[torch.Tensor, torch.Tensor],
         _log(state, {"step": state.step, "t": state.t, "lam": state.lam, "gamma": state.gamma,
                      **eval_record(state.t), "C_t": step["C_t"]}, log_path)
         if checkpoint:
-            _save(checkpoint, model, opt, state, gen)
+            save_checkpoint(checkpoint, model, opt, state, gen)
         if progress:
             progress(state.step)
     return state.records
-
-
-def run_demo(console, quick: bool = False) -> list[dict]:
-    """Iso-classification on sklearn digits, both variants from one equilibrated model; prints
-    a table of (t, lambda, gamma, R, D, C) per variant. Returns the two records."""
-    import copy
-
-    from rich.table import Table
-
-    from pytransfer.data import digits_transfer
-    from pytransfer.free_energy import digits_model
-
-    torch.manual_seed(0)
-    d = digits_transfer()
-    data = (torch.cat([d.xs, d.xt_train, d.xt_test]),
-            torch.cat([d.ys, d.yt_train + 5, d.yt_test + 5]))
-    lam, gamma = 0.5, 2.0
-    model = digits_model(latent=4, hidden=32)
-    equilibrate(model, data, lam, gamma, steps=150 if quick else 600, lr=3e-3, batch_size=128)
-    steps = 4 if quick else 8
-    out = []
-    for variant in VARIANTS:
-        m = copy.deepcopy(model)
-        cfg = ProcessConfig(steps=steps, lam_rate=lam, alpha=1.0, samples=16, batch_size=64,
-                            minres_iters=15, damping=1e-3, equil_steps=10, equil_lr=1e-3)
-        recs = iso_classification(m, data, lam, gamma, cfg, variant=variant)
-        table = Table(title=f"free-energy iso-classification on digits: {variant}")
-        for col in ("t", "lambda", "gamma", "R", "D", "C"):
-            table.add_column(col, justify="right")
-        for r in recs:
-            table.add_row(f"{r['t']:.2f}", f"{r['lam']:.3f}", f"{r['gamma']:.3f}",
-                          f"{r['R']:.3f}", f"{r['D']:.3f}", f"{r['C']:.4f}")
-        console.print(table)
-        out.append(recs)
-    return out

@@ -1,0 +1,38 @@
+"""Free-energy processes ("A Free-Energy Principle for Representation Learning", Gao &
+Chaudhari, ICML 2020): equilibration, iso-classification (eq. 17-22, 31) and transfer with a
+changing data distribution (Lemma 9, eq. 23-30), on the exact operator of
+``pytransfer.free_energy``.
+
+``config`` (settings, state), ``equilibrium`` (eq. 12 and the schedule eta(t)), ``paths`` (the
+mixture and OT data paths, eq. 23, 36-37), ``checkpoint``, ``process`` (the processes) and
+``demo`` (the part of ``pytransfer demo``).
+"""
+
+from pytransfer.methods.free_energy.checkpoint import resume, save_checkpoint
+from pytransfer.methods.free_energy.config import RULES, VARIANTS, ProcessConfig, ProcessState
+from pytransfer.methods.free_energy.demo import run_demo
+from pytransfer.methods.free_energy.equilibrium import (
+    equilibrate,
+    eta_schedule,
+    variational_free_energy,
+)
+from pytransfer.methods.free_energy.paths import (
+    INTERPOLATIONS,
+    DataPath,
+    mixture_batch,
+    ot_batch,
+    ot_coupling,
+    sample_batch,
+    sample_pairs,
+)
+from pytransfer.methods.free_energy.process import (
+    Rates,
+    iso_classification,
+    transfer,
+    transfer_rates,
+)
+
+__all__ = ["INTERPOLATIONS", "RULES", "VARIANTS", "DataPath", "ProcessConfig", "ProcessState",
+           "Rates", "equilibrate", "eta_schedule", "iso_classification", "mixture_batch",
+           "ot_batch", "ot_coupling", "resume", "run_demo", "sample_batch", "sample_pairs",
+           "save_checkpoint", "transfer", "transfer_rates", "variational_free_energy"]
