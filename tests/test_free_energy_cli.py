@@ -1,5 +1,5 @@
-"""``pytransfer free-energy`` (pytransfer/free_energy/cli.py): the quick runs write a JSONL
-record with sane values and the two PNG plots."""
+"""``pytransfer free-energy`` (pytransfer/cli/free_energy.py): the quick runs write a JSONL
+record with sane values and the two PNG plots, beside files already there."""
 
 import json
 import math
@@ -27,15 +27,18 @@ def _check(out, stem, steps):
 
 
 def test_iso_classification_quick(tmp_path):
-    res = runner.invoke(app, ["free-energy", "iso-classification", "--out", str(tmp_path), "--quick"])
+    (tmp_path / "iso_practical.jsonl").write_text("an earlier record\n")
+    res = runner.invoke(app, ["free-energy", "iso-classification", "--out", str(tmp_path),
+                              "--quick"])
     assert res.exit_code == 0, res.output
     recs = _check(tmp_path, "iso_exact", 3)
     assert recs[-1]["lam"] == pytest.approx(1.0)  # lambda-dot = lambda: doubles over t in [0, 1]
     assert "iso_exact" in res.output
+    assert (tmp_path / "iso_practical.jsonl").read_text() == "an earlier record\n"
 
 
 def test_transfer_quick(tmp_path):
-    res = runner.invoke(app, ["free-energy", "transfer", "--out", str(tmp_path), "--quick", "--rule",
-                              "geodesic"])
+    res = runner.invoke(app, ["free-energy", "transfer", "--out", str(tmp_path), "--quick",
+                              "--rule", "geodesic"])
     assert res.exit_code == 0, res.output
     _check(tmp_path, "transfer_geodesic_ot", 3)
