@@ -261,6 +261,9 @@ def test_folder_errors_and_resize(tmp_path):
     with pytest.raises(ValueError, match="differ in size"):
         load_folder(tmp_path)
     assert load_folder(tmp_path, size=(3, 2)).x.shape == (7, 1, 3, 2)
+    assert torch.equal(load_spec(f"folder:{tmp_path}:3x2").x, load_folder(tmp_path, (3, 2)).x)
+    with pytest.raises(ValueError, match="must be HxW"):
+        load_spec(f"folder:{tmp_path}:3by2")
     (tmp_path / "c_jet" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnope")
     with pytest.raises(ValueError, match=r"cannot read image .*broken\.png"):
         load_folder(tmp_path, size=(3, 2))

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pytransfer.data.classification import ClassificationData
 
-SPEC_HELP = ("digits | mnist:PATH | cifar10:PATH | cifar100:PATH[:classes] | folder:PATH | "
+SPEC_HELP = ("digits | mnist:PATH | cifar10:PATH | cifar100:PATH[:classes] | folder:PATH[:HxW] | "
              "npz:PATH")
 
 
@@ -30,6 +31,14 @@ def _path(kind: str, rest: str) -> Path:
     return path
 
 
+def _suffix(rest: str) -> tuple[str, str | None]:
+    """PATH and the text after its last colon, unless PATH with that colon exists as a path."""
+    if rest and not Path(rest).expanduser().exists() and ":" in rest:
+        path, _, tail = rest.rpartition(":")
+        return path, tail
+    return rest, None
+
+
 def load_spec(spec: str) -> ClassificationData:
     """The data set a spec string names (nothing is downloaded):
 
@@ -39,7 +48,8 @@ def load_spec(spec: str) -> ClassificationData:
     - ``cifar100:PATH[:classes]``: ``cifar-100-python`` or one of its files, fine labels;
       ``classes`` a comma list of class names or indices keeps only those, relabelled 0..k-1
       in that order (:func:`load_cifar100`, :meth:`ClassificationData.select_classes`);
-    - ``folder:PATH``: a class-per-folder image tree (:func:`load_folder`);
+    - ``folder:PATH[:HxW]``: a class-per-folder image tree (:func:`load_folder`), every image
+      resized to H x W when given (FGVC-Aircraft's images differ in size);
     - ``npz:PATH``: an ``.npz`` with ``x``, ``y`` (and optionally ``classes``) (:func:`load_npz`).
 
     ValueError for an unknown kind or a file in the wrong format, FileNotFoundError for a
@@ -55,15 +65,19 @@ def load_spec(spec: str) -> ClassificationData:
             raise ValueError(f"data spec {spec!r}: digits takes no path")
         return load_digits_data()
     if kind == "cifar100":
-        classes = None
-        if rest and not Path(rest).expanduser().exists() and ":" in rest:
-            rest, _, classes = rest.rpartition(":")
+        rest, classes = _suffix(rest)
         data = cifar.load_cifar100(_path(kind, rest))
         if classes is not None:
             data = data.select_classes([c.strip() for c in classes.split(",") if c.strip()])
         return data
-    readers = {"mnist": idx.load_mnist, "cifar10": cifar.load_cifar10,
-               "folder": folder.load_folder, "npz": arrays.load_npz}
+    if kind == "folder":
+        rest, size = _suffix(rest)
+        if size is not None and not re.fullmatch(r"[1-9]\d*x[1-9]\d*", size):
+            raise ValueError(f"data spec {spec!r}: the size after the path must be HxW, e.g. "
+                             f"64x64, got {size!r}")
+        hw = None if size is None else tuple(int(v) for v in size.split("x"))
+        return folder.load_folder(_path(kind, rest), hw)
+    readers = {"mnist": idx.load_mnist, "cifar10": cifar.load_cifar10, "npz": arrays.load_npz}
     if kind not in readers:
         raise ValueError(f"unknown data spec {spec!r}; expected {SPEC_HELP}")
     return readers[kind](_path(kind, rest))
