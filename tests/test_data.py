@@ -142,6 +142,17 @@ def test_cifar10_folder_round_trip(tmp_path, protocol):
     assert torch.equal(one.x, d.x[5:]) and one.classes == d.classes
 
 
+def test_cifar_batch_pickled_by_numpy_1(tmp_path):
+    """numpy < 2 names its reconstructor numpy.core.multiarray (the CIFAR files' numpy)."""
+    blob, data, labels = _cifar_batch(3, 5, protocol=2)
+    legacy = blob.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert legacy != blob
+    (tmp_path / "data_batch_1").write_bytes(legacy)
+    d = load_cifar10(tmp_path / "data_batch_1")
+    assert torch.equal((d.x * 255).round().to(torch.uint8).reshape(3, -1), torch.from_numpy(data))
+    assert d.y.tolist() == labels and d.classes == [str(i) for i in range(10)]
+
+
 def test_cifar100_fine_coarse_and_class_spec(tmp_path):
     blob, _, labels = _cifar_batch(12, 3, key="fine_labels", k=100)
     (tmp_path / "train").write_bytes(blob)
