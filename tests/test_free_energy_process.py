@@ -106,6 +106,8 @@ def test_checkpoint_resume_matches_uninterrupted_run(digits, tmp_path):
     torch.manual_seed(1)
     first = iso_classification(model, digits, lam, gamma, cfg, checkpoint=ck, until=2)
     assert len(first) == 3
+    saved = torch.load(ck, weights_only=True)  # tensors and plain types only
+    assert saved["state"]["step"] == 2 and saved["state"]["records"] == first
     torch.manual_seed(123)  # the checkpoint restores the generators
     resumed = iso_classification(FreeEnergyModel(64, 16, 3, 10).to(DT), digits, lam, gamma,
                                  cfg, checkpoint=ck)
