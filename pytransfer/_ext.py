@@ -14,6 +14,8 @@ from typing import Any, NamedTuple
 
 import torch
 
+from pytransfer import _checks
+
 try:
     from pytransfer import _C  # type: ignore[attr-defined]
 
@@ -90,6 +92,9 @@ def call(name: str, dtype: torch.dtype, *args: Any, threads: bool = True) -> Any
                              f"assumes {arg.shape}")
         if arg.writes and not x.is_contiguous():
             raise ValueError(f"{name}: output argument {i} is not contiguous")
+        if not x.is_contiguous():  # e.g. an expanded view: its copy may not fit
+            _checks.fits(f"{name}: a contiguous copy of argument {i} {arg.shape}",
+                         x.numel() * x.element_size(), x.device)
         x = x.contiguous()
         alive.append(x)
         flat.append(x.data_ptr())

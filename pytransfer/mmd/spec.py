@@ -155,6 +155,8 @@ def standardize(xs: torch.Tensor, xt: torch.Tensor, base: torch.Tensor, check_in
                          "(their squared distances exceed ~1e308)")
     scale = torch.where(base > 0, base.rsqrt(), torch.ones_like(base)).to(xs.dtype)
     n = xs.shape[0]
+    _checks.fits(f"the ({n + xt.shape[0]}, {xs.shape[1]}) standardised features",
+                 (n + xt.shape[0]) * xs.shape[1] * xs.element_size(), xs.device)
     x = torch.cat([xs, xt]) * scale
     x = x - x.detach().mean(0)
     return x[:n], x[n:], torch.ones((), dtype=torch.float64, device=xs.device)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from pytransfer import _dispatch, _ext
+from pytransfer import _checks, _dispatch, _ext
 from pytransfer.ot import implicit, scaling
 from pytransfer.ot.reference import (
     plan_from_potentials,
@@ -182,6 +182,10 @@ def sinkhorn_values(
     with ``return_plan`` (else a 0-size tensor; backward forms it if it needs it). The plan is
     an output without gradient.
     """
+    if return_plan or not factorized:
+        B, n, m = a.shape[0], a.shape[1], b.shape[1]
+        _checks.fits(f"the ({B}, {n}, {m}) transport plan", B * n * m * a.element_size(),
+                     a.device)
     if factorized:
         transport, objective = values_factorized(a, b, cost, f, g, eps)
         plan = plan_from_potentials(a, b, cost, f, g, eps) if return_plan else a.new_empty(0)
