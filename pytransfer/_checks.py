@@ -138,18 +138,22 @@ def entropic_scale(eps: float, cost: torch.Tensor, check_inputs: bool) -> None:
                              f"cost or raise eps")
 
 
+#: physical memory of this machine, read once (torch.compile cannot trace os.sysconf)
+CPU_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
 def device_memory(device: torch.device) -> int:
     """Bytes of memory on ``device``: physical RAM for CPU tensors, the GPU's total for CUDA."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).total_memory
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return CPU_MEMORY
 
 
 def fits(what: str, nbytes: int, device: torch.device | str) -> None:
     """ValueError, saying what was asked and what fits, when an allocation of ``nbytes`` for
     ``what`` exceeds the memory of ``device`` (rather than an allocator error, or an abort)."""
     device = torch.device(device)
-    if device.type == "meta":
+    if device.type == "meta" or torch.compiler.is_compiling():
         return
     limit = device_memory(device)
     if nbytes > limit:
