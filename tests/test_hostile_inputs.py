@@ -15,10 +15,8 @@ import torch
 from pytransfer import _checks, mmd
 from pytransfer.free_energy import FreeEnergyModel, GibbsOperator, floor_multiplier, gibbs_weights
 from pytransfer.hscore import (
-    HScoreStats,
     h_score,
     optimal_h_score,
-    pixelwise_h_score,
     rank_sources,
     transferability,
 )

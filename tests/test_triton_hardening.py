@@ -9,11 +9,11 @@ import torch
 
 pytest.importorskip("triton")
 
-from pytransfer import _dispatch  # noqa: E402
-from pytransfer.mmd import _ops as mmd_ops  # noqa: E402
-from pytransfer.mmd.reference import mmd_linear_reference, mmd_quadratic_reference  # noqa: E402
-from pytransfer.ot import _ops as ot_ops  # noqa: E402
-from pytransfer.ot import scaling, sinkhorn  # noqa: E402
+from pytransfer import _dispatch
+from pytransfer.mmd import _ops as mmd_ops
+from pytransfer.mmd.reference import mmd_linear_reference
+from pytransfer.ot import _ops as ot_ops
+from pytransfer.ot import scaling, sinkhorn
 
 
 # ---------------------------------------------------------------- hardening 3
@@ -60,7 +60,7 @@ def test_absorbed_problems_warm_start_and_count_as_on_the_cpu(monkeypatch):
     real = ot_ops.sinkhorn_log_triton
     monkeypatch.setattr(ot_ops, "sinkhorn_log_triton",
                         lambda *args: calls.append((args[4], args[6:])) or real(*args))
-    kw = dict(tol=1e-9, max_iter=500, method="scaling")
+    kw = dict(tol=1e-6, max_iter=500, method="scaling")
     tri = sinkhorn(a, b, C, 0.1, backend="triton", **kw)
     cpu = sinkhorn(a, b, C, 0.1, backend="cpu", **kw)
     assert calls and all(len(g) == 1 and g[0] is not None for _, g in calls)  # warm started

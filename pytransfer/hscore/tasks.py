@@ -11,7 +11,6 @@ from pytransfer import _checks
 from pytransfer.hscore.pixelwise import pixelwise_h_score
 from pytransfer.hscore.stats import h_score
 
-
 #: an optimal H-score below this (relative to its maximum C - 1) is zero: no ratio exists
 ZERO_H_RTOL = 1e-9
 

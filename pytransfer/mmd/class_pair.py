@@ -84,7 +84,7 @@ def class_pair_mmd(
     spec = check_kernels(kernels)
     w = check_weights(weights, spec.num, fs, check_inputs)
     # in units of the bandwidth, centred: scale invariant, no offset cancellation in sq_dists
-    fs, ft, base = standardize(fs, ft, base_value(spec, fs, ft, check_inputs), check_inputs)
+    fs, ft, _ = standardize(fs, ft, base_value(spec, fs, ft, check_inputs), check_inputs)
     gammas = 1.0 / (2.0 * torch.tensor(spec.multipliers, dtype=fs.dtype, device=fs.device))
     ns = torch.bincount(ys, minlength=Ls).to(fs.dtype)
     nt = torch.bincount(yt, minlength=Lt).to(fs.dtype)

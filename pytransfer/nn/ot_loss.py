@@ -19,8 +19,8 @@ class OTLoss(torch.nn.Module):
     target classifier outputs for the same input) with the fixed class-pair ``cost (Ls, Lt)``
     (e.g. ``pytransfer.mmd.class_pair_mmd``). With ``grad="dual"`` the gradient w.r.t. the
     outputs is the paper's eq. 11, (1/lambda) log u centered, with lambda = 1/eps.
-    The last ``SinkhornResult`` is kept (detached) as ``last_result``; the first forward in which some
-    problems stop unconverged at ``max_iter`` warns once, with their count.
+    The last ``SinkhornResult`` is kept (detached) as ``last_result``; the first forward in
+    which some problems stop unconverged at ``max_iter`` warns once, with their count.
     """
 
     def __init__(self, cost: torch.Tensor, eps: float = 0.1, max_iter: int = 100,
