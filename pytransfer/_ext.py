@@ -53,12 +53,12 @@ class Buffer(NamedTuple):
 def src(x: torch.Tensor | None, *shape: int, dtype: torch.dtype | None = None) -> Buffer:
     """A buffer the kernel reads (copied to contiguous memory when needed). ``None`` passes a
     null pointer (an absent optional input)."""
-    return Buffer(x, tuple(int(s) for s in shape), dtype, False)
+    return Buffer(x, shape, dtype, False)
 
 
 def dst(x: torch.Tensor, *shape: int, dtype: torch.dtype | None = None) -> Buffer:
     """A buffer the kernel writes in place: it must already be contiguous."""
-    return Buffer(x, tuple(int(s) for s in shape), dtype, True)
+    return Buffer(x, shape, dtype, True)
 
 
 def call(name: str, dtype: torch.dtype, *args: Any, threads: bool = True) -> Any:
@@ -70,9 +70,9 @@ def call(name: str, dtype: torch.dtype, *args: Any, threads: bool = True) -> Any
         raise TypeError(f"{name}: the C++ kernels take float32 or float64, got {dtype}")
     alive, flat = [], []  # alive: the contiguous copies, held until the kernel has returned
     for i, arg in enumerate(args):
-        if isinstance(arg, torch.Tensor):
-            raise TypeError(f"{name}: argument {i} is a bare tensor; declare it with src/dst")
-        if not isinstance(arg, Buffer):
+        if type(arg) is not Buffer:
+            if isinstance(arg, torch.Tensor):
+                raise TypeError(f"{name}: argument {i} is a bare tensor; declare it with src/dst")
             flat.append(arg)
             continue
         x = arg.tensor
@@ -81,22 +81,23 @@ def call(name: str, dtype: torch.dtype, *args: Any, threads: bool = True) -> Any
                 raise ValueError(f"{name}: output argument {i} is None")
             flat.append(0)
             continue
-        want = arg.dtype or dtype
-        if x.device.type != "cpu":
+        if not x.is_cpu:
             raise ValueError(f"{name}: argument {i} is on {x.device}; the C++ kernels take CPU "
                              f"tensors")
-        if x.dtype != want:
-            raise TypeError(f"{name}: argument {i} has dtype {x.dtype}, the kernel reads {want}")
-        if tuple(x.shape) != arg.shape:
+        if x.dtype is not (arg.dtype or dtype):
+            raise TypeError(f"{name}: argument {i} has dtype {x.dtype}, the kernel reads "
+                            f"{arg.dtype or dtype}")
+        if x.shape != arg.shape:
             raise ValueError(f"{name}: argument {i} has shape {tuple(x.shape)}, the kernel "
-                             f"assumes {arg.shape}")
-        if arg.writes and not x.is_contiguous():
-            raise ValueError(f"{name}: output argument {i} is not contiguous")
-        if not x.is_contiguous():  # e.g. an expanded view: its copy may not fit
-            _checks.fits(f"{name}: a contiguous copy of argument {i} {arg.shape}",
+                             f"assumes {tuple(arg.shape)}")
+        if not x.is_contiguous():
+            if arg.writes:
+                raise ValueError(f"{name}: output argument {i} is not contiguous")
+            # e.g. an expanded view: its copy may not fit
+            _checks.fits(f"{name}: a contiguous copy of argument {i} {tuple(arg.shape)}",
                          x.numel() * x.element_size(), x.device)
-        x = x.contiguous()
-        alive.append(x)
+            x = x.contiguous()
+            alive.append(x)
         flat.append(x.data_ptr())
     if threads:
         flat.append(torch.get_num_threads())

@@ -277,6 +277,15 @@ def test_unconverged_solve_warns():
     assert not info.converged
 
 
+def test_kernel_weights_warn_at_max_sweeps(monkeypatch):
+    from pytransfer.mmd import weights
+
+    x, y = _x(n=32, d=4), _x(n=32, d=4, seed=1) + 0.3
+    monkeypatch.setattr(weights, "MAX_SWEEPS", 1)
+    with pytest.warns(RuntimeWarning, match="MAX_SWEEPS=1 sweeps, unconverged"):
+        mmd.optimize_kernel_weights(x, y)
+
+
 def test_multiplier_floor_warns_when_it_binds():
     assert floor_multiplier("lam", 0.5) == 0.5
     with pytest.warns(RuntimeWarning, match="lam = -0.1 after the step is below 1e-06"):

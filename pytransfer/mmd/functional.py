@@ -93,6 +93,8 @@ def mk_mmd(
         backend: ``"auto" | "reference" | "cpu" | "triton"``.
         check_inputs: value checks (NaN/Inf, weights, base); they need a host sync.
 
+    The features are evaluated in units of sqrt(base), centred on their pooled mean (the same
+    kernels), so the estimate is scale invariant and a common offset costs no precision.
     Returns a scalar (the estimate can be negative: both estimators are unbiased).
     Gradients flow to xs, xt and weights; the bandwidths are constants.
     """
