@@ -132,6 +132,8 @@ ERRORS = [
      ValueError, "p_source and p_target must have equal total mass"),
     ("OTLoss names p_target", lambda: OTLoss(torch.rand(3, 3))(_p(), -_p()),
      ValueError, "p_target has negative entries"),
+    ("OTLoss widths vs cost", lambda: OTLoss(torch.rand(3, 4))(_p(), _p()),
+     ValueError, r"p_source \(B, 3\) and p_target \(B, 3\) must match cost \(3, 4\)"),
     ("OTLoss empty batch", lambda: OTLoss(torch.rand(3, 3))(_p(B=0), _p(B=0)),
      ValueError, "p_source and p_target hold no problems"),
     ("sinkhorn empty batch", lambda: sinkhorn(torch.zeros(0, 3), torch.zeros(0, 4),

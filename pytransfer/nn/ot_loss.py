@@ -39,6 +39,9 @@ class OTLoss(torch.nn.Module):
 
     def forward(self, p_source: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
         _checks.histograms(p_source, p_target, ("p_source", "p_target"), True)
+        if (p_source.shape[1], p_target.shape[1]) != tuple(self.cost.shape):
+            raise ValueError(f"p_source (B, {p_source.shape[1]}) and p_target (B, "
+                             f"{p_target.shape[1]}) must match cost {tuple(self.cost.shape)}")
         work = torch.float64 if p_source.dtype == torch.float64 else torch.float32  # no half cost
         res = sinkhorn(p_source.to(work), p_target.to(work), self.cost.to(work), self.eps,
                        max_iter=self.max_iter, tol=self.tol, grad=self.grad,
