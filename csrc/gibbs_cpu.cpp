@@ -5,6 +5,9 @@
 //   gibbs_moments:  m = sum_s w_s f_s (X, K), cov = sum_s w_s (f_s - m)(f_s - m)^T (X, K, K)
 //   backward:       see pytransfer/free_energy/reference.py (gibbs_moments_backward_reference)
 // Tensors cross as raw pointers to contiguous row-major buffers; the Python wrappers validate.
+// Every kernel takes its thread count (torch.get_num_threads() from the wrapper); scratch is
+// allocated once per thread, never per datum.
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <limits>
@@ -18,8 +21,8 @@ namespace pytransfer {
 namespace {
 
 template <typename T>
-void weights_fwd(const T* H, const T* logq, int64_t X, int64_t S, T* out) {
-#pragma omp parallel for schedule(static)
+void weights_fwd(const T* H, const T* logq, int64_t X, int64_t S, T* out, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t x = 0; x < X; ++x) {
     const T* h = H + x * S;
     const T* q = logq + x * S;
@@ -37,8 +40,8 @@ void weights_fwd(const T* H, const T* logq, int64_t X, int64_t S, T* out) {
 }
 
 template <typename T>
-void weights_bwd(const T* grad, const T* logw, int64_t X, int64_t S, T* out) {
-#pragma omp parallel for schedule(static)
+void weights_bwd(const T* grad, const T* logw, int64_t X, int64_t S, T* out, int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t x = 0; x < X; ++x) {
     const T* g = grad + x * S;
     T total = 0;
@@ -48,8 +51,9 @@ void weights_bwd(const T* grad, const T* logw, int64_t X, int64_t S, T* out) {
 }
 
 template <typename T>
-void moments_fwd(const T* w, const T* f, int64_t X, int64_t S, int64_t K, T* means, T* cov) {
-#pragma omp parallel for schedule(static)
+void moments_fwd(const T* w, const T* f, int64_t X, int64_t S, int64_t K, T* means, T* cov,
+                 int threads) {
+#pragma omp parallel for schedule(static) num_threads(threads)
   for (int64_t x = 0; x < X; ++x) {
     const T* wx = w + x * S;
     const T* fx = f + x * S * K;
@@ -59,26 +63,30 @@ void moments_fwd(const T* w, const T* f, int64_t X, int64_t S, int64_t K, T* mea
     for (int64_t s = 0; s < S; ++s)
       for (int64_t k = 0; k < K; ++k) m[k] += wx[s] * fx[s * K + k];
     for (int64_t k = 0; k < K * K; ++k) c[k] = 0;
-    std::vector<T> d(K);
     for (int64_t s = 0; s < S; ++s) {
-      for (int64_t k = 0; k < K; ++k) d[k] = fx[s * K + k] - m[k];
-      for (int64_t k = 0; k < K; ++k)
-        for (int64_t l = 0; l < K; ++l) c[k * K + l] += wx[s] * d[k] * d[l];
+      const T* fs = fx + s * K;
+      for (int64_t k = 0; k < K; ++k) {
+        const T wd = wx[s] * (fs[k] - m[k]);
+        for (int64_t l = 0; l < K; ++l) c[k * K + l] += wd * (fs[l] - m[l]);
+      }
     }
   }
 }
 
 template <typename T>
 void moments_bwd(const T* w, const T* f, const T* means, const T* gm, const T* gc, int64_t X,
-                 int64_t S, int64_t K, T* gw, T* gf) {
-#pragma omp parallel for schedule(static)
+                 int64_t S, int64_t K, T* gw, T* gf, int threads) {
+#pragma omp parallel num_threads(threads)
+  {
+  std::vector<T> d(S * K), q(S * K), p(K);  // per-thread scratch, reused for every datum
+#pragma omp for schedule(static)
   for (int64_t x = 0; x < X; ++x) {
     const T* wx = w + x * S;
     const T* fx = f + x * S * K;
     const T* m = means + x * K;
     const T* gmx = gm + x * K;
     const T* gcx = gc + x * K * K;
-    std::vector<T> d(S * K), q(S * K), p(K, T(0));
+    std::fill(p.begin(), p.end(), T(0));
     for (int64_t s = 0; s < S; ++s)
       for (int64_t k = 0; k < K; ++k) d[s * K + k] = fx[s * K + k] - m[k];
     for (int64_t s = 0; s < S; ++s)
@@ -100,6 +108,7 @@ void moments_bwd(const T* w, const T* f, const T* means, const T* gm, const T* g
       gw[x * S + s] = acc;
     }
   }
+  }
 }
 
 void check_dtype(const std::string& dtype, const char* op) {
@@ -114,48 +123,50 @@ PYTRANSFER_BINDINGS(bind_gibbs) {
   using pytransfer::ptr;
   using u = std::uintptr_t;
   m.def("gibbs_weights_fwd", [](const std::string& dtype, u H, u logq, int64_t X, int64_t S,
-                                u out) {
+                                u out, int threads) {
     pytransfer::check_dtype(dtype, "gibbs_weights_fwd");
     pybind11::gil_scoped_release nogil;
     if (dtype == "float32")
-      pytransfer::weights_fwd(ptr<const float>(H), ptr<const float>(logq), X, S, ptr<float>(out));
+      pytransfer::weights_fwd(ptr<const float>(H), ptr<const float>(logq), X, S, ptr<float>(out),
+                              threads);
     else
       pytransfer::weights_fwd(ptr<const double>(H), ptr<const double>(logq), X, S,
-                              ptr<double>(out));
+                              ptr<double>(out), threads);
   });
   m.def("gibbs_weights_bwd", [](const std::string& dtype, u grad, u logw, int64_t X, int64_t S,
-                                u out) {
+                                u out, int threads) {
     pytransfer::check_dtype(dtype, "gibbs_weights_bwd");
     pybind11::gil_scoped_release nogil;
     if (dtype == "float32")
       pytransfer::weights_bwd(ptr<const float>(grad), ptr<const float>(logw), X, S,
-                              ptr<float>(out));
+                              ptr<float>(out), threads);
     else
       pytransfer::weights_bwd(ptr<const double>(grad), ptr<const double>(logw), X, S,
-                              ptr<double>(out));
+                              ptr<double>(out), threads);
   });
   m.def("gibbs_moments_fwd", [](const std::string& dtype, u w, u f, int64_t X, int64_t S,
-                                int64_t K, u means, u cov) {
+                                int64_t K, u means, u cov, int threads) {
     pytransfer::check_dtype(dtype, "gibbs_moments_fwd");
     pybind11::gil_scoped_release nogil;
     if (dtype == "float32")
       pytransfer::moments_fwd(ptr<const float>(w), ptr<const float>(f), X, S, K,
-                              ptr<float>(means), ptr<float>(cov));
+                              ptr<float>(means), ptr<float>(cov), threads);
     else
       pytransfer::moments_fwd(ptr<const double>(w), ptr<const double>(f), X, S, K,
-                              ptr<double>(means), ptr<double>(cov));
+                              ptr<double>(means), ptr<double>(cov), threads);
   });
   m.def("gibbs_moments_bwd", [](const std::string& dtype, u w, u f, u means, u gm, u gc,
-                                int64_t X, int64_t S, int64_t K, u gw, u gf) {
+                                int64_t X, int64_t S, int64_t K, u gw, u gf, int threads) {
     pytransfer::check_dtype(dtype, "gibbs_moments_bwd");
     pybind11::gil_scoped_release nogil;
     if (dtype == "float32")
       pytransfer::moments_bwd(ptr<const float>(w), ptr<const float>(f), ptr<const float>(means),
                               ptr<const float>(gm), ptr<const float>(gc), X, S, K,
-                              ptr<float>(gw), ptr<float>(gf));
+                              ptr<float>(gw), ptr<float>(gf), threads);
     else
       pytransfer::moments_bwd(ptr<const double>(w), ptr<const double>(f),
                               ptr<const double>(means), ptr<const double>(gm),
-                              ptr<const double>(gc), X, S, K, ptr<double>(gw), ptr<double>(gf));
+                              ptr<const double>(gc), X, S, K, ptr<double>(gw), ptr<double>(gf),
+                              threads);
   });
 }

@@ -7,7 +7,9 @@ forward stores per-program per-kernel partial sums and four derivative coefficie
 tuple; the backward (a second grid over tuples x d-chunks) rebuilds the four row gradients
 from them. Quadratic estimator: the element-wise pass over a Gram tile (cuBLAS GEMM
 outside), partial sums per program, or the coefficient block W_ij phi'(D_ij) in place.
-Accumulation in float32 (float64 for float64 inputs); exp arguments clamped (-80 / -700).
+Accumulation in float32 (float64 for float64 inputs), whatever the input dtype (float16 and
+bfloat16 load as float32); per-program partial sums are stored and summed in float64, as the
+C++ kernels accumulate. Exp arguments clamped (-80 / -700).
 """
 
 from __future__ import annotations
@@ -150,12 +152,12 @@ def linear_fwd(xs, xt, gammas, weights, square, BLOCK_P: int = 16, BLOCK_D: int 
     U = gammas.shape[0]
     acc, floor, tiny = _acc(xs)
     grid = triton.cdiv(P, BLOCK_P)
-    hpart = torch.empty((grid, U), dtype=xs.dtype, device=xs.device)
+    hpart = torch.empty((grid, U), dtype=torch.float64, device=xs.device)
     coef = xs.new_empty((P, 4))
     _linear_fwd_kernel[(grid,)](xs, xt, gammas, weights, square, hpart, coef, P, d, U, floor,
                                 tiny, BLOCK_P=BLOCK_P,
                                 BLOCK_D=min(BLOCK_D, triton.next_power_of_2(d)), ACC=acc)
-    return hpart.sum(0) / P, coef
+    return (hpart.sum(0) / P).to(xs.dtype), coef
 
 
 def linear_bwd(xs, xt, coef, grad, BLOCK_P: int = 16, BLOCK_D: int = 128):
@@ -176,9 +178,9 @@ def quadratic_tile(G, rn, cn, row0, ns, gammas, weights, square, W, backward, h,
     U = gammas.shape[0]
     acc, floor, tiny = _acc(G)
     grid = (triton.cdiv(R, BLOCK_R), triton.cdiv(N, BLOCK_N))
-    hpart = G.new_empty((1,) if backward else (grid[0] * grid[1], U))
-    pw = torch.tensor(W, dtype=G.dtype, device=G.device)
+    hpart = G.new_empty((1,) if backward else (grid[0] * grid[1], U), dtype=torch.float64)
+    pw = torch.tensor(W, dtype=torch.float64, device=G.device)
     _tile_kernel[grid](G, rn, cn, gammas, weights, square, pw, hpart, R, N, row0, ns, U, floor,
                        tiny, BACKWARD=backward, BLOCK_R=BLOCK_R, BLOCK_N=BLOCK_N, ACC=acc)
     if not backward:
-        h += hpart.double().sum(0)
+        h += hpart.sum(0)

@@ -7,6 +7,7 @@ mass) need a host synchronisation; ops run them only when ``check_inputs=True``.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 
@@ -87,3 +88,74 @@ def choice(name: str, value: object, options: tuple[str, ...]) -> str:
     if value not in options:
         raise ValueError(f"{name} must be one of {options}, got {value!r}")
     return value  # type: ignore[return-value]
+
+
+def histograms(a: object, b: object, names: tuple[str, str], check_inputs: bool) -> None:
+    """Two (B, n), (B, m) batches of weights with one mass per problem: types, shapes, values
+    (finite, >= 0, positive mass, equal masses to ``max(1e-5, 4 eps_dtype)``) under the
+    caller's argument names."""
+    na, nb = names
+    floating(na, tensor(na, a))
+    floating(nb, tensor(nb, b))
+    ndim(na, a, (2,))
+    ndim(nb, b, (2,))
+    same_device(**{na: a, nb: b})
+    same_dtype(**{na: a, nb: b})
+    if a.shape[0] != b.shape[0]:
+        raise ValueError(f"{na} and {nb} must have the same batch size, got {a.shape[0]} and "
+                         f"{b.shape[0]}")
+    if a.shape[0] == 0:
+        raise ValueError(f"{na} and {nb} hold no problems (batch size 0)")
+    if not check_inputs:
+        return
+    for name, x in ((na, a), (nb, b)):
+        finite(name, x)
+        nonnegative(name, x)
+    ma, mb = a.detach().sum(-1).double(), b.detach().sum(-1).double()
+    for name, mass in ((na, ma), (nb, mb)):
+        if bool((mass <= 0).any()):
+            raise ValueError(f"{name} has a problem with zero total mass (all-zero weights)")
+    gap = float(((ma - mb).abs() / torch.maximum(ma, mb)).max())
+    rtol = max(1e-5, 4 * torch.finfo(a.dtype).eps)
+    if gap > rtol:
+        raise ValueError(f"{na} and {nb} must have equal total mass per problem (relative gap "
+                         f"{gap:.2e} > {rtol:.0e}); normalise them")
+
+
+def entropic_scale(eps: float, cost: torch.Tensor, check_inputs: bool) -> None:
+    """Reject an eps too small for the working dtype (float64, else float32): below its
+    smallest normal number, or (with ``check_inputs``, a host sync) so small that max|C|/eps
+    overflows it, where every exp(-C/eps) underflows and the iterations return NaN."""
+    work = torch.float64 if cost.dtype == torch.float64 else torch.float32
+    info = torch.finfo(work)
+    if eps < info.tiny:
+        raise ValueError(f"eps={eps:g} is below the smallest normal {work} ({info.tiny:.3g})")
+    if check_inputs and cost.numel():
+        span = float(cost.detach().abs().max()) / eps
+        if span > info.max / 16:
+            raise ValueError(f"eps={eps:g} is too small for this cost in {work}: max|C|/eps = "
+                             f"{span:.3g} overflows (at most {info.max / 16:.3g}); rescale the "
+                             f"cost or raise eps")
+
+
+#: physical memory of this machine, read once (torch.compile cannot trace os.sysconf)
+CPU_MEMORY = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def device_memory(device: torch.device) -> int:
+    """Bytes of memory on ``device``: physical RAM for CPU tensors, the GPU's total for CUDA."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return CPU_MEMORY
+
+
+def fits(what: str, nbytes: int, device: torch.device | str) -> None:
+    """ValueError, saying what was asked and what fits, when an allocation of ``nbytes`` for
+    ``what`` exceeds the memory of ``device`` (rather than an allocator error, or an abort)."""
+    device = torch.device(device)
+    if device.type == "meta" or torch.compiler.is_compiling():
+        return
+    limit = device_memory(device)
+    if nbytes > limit:
+        raise ValueError(f"{what} needs {nbytes / 2**30:.4g} GiB, more than the "
+                         f"{limit / 2**30:.4g} GiB of memory on {device.type}")

@@ -19,7 +19,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 BACKENDS = ("auto", "reference", "cpu", "triton", "cuda")
-AUTO_ORDER = {"cuda": ("triton", "cuda", "reference"), "cpu": ("cpu", "reference")}
+REGISTRABLE = ("reference", "cpu", "triton")
+AUTO_ORDER = {"cuda": ("triton", "reference"), "cpu": ("cpu", "reference")}
+#: why no op has a ``"cuda"`` implementation: the name is accepted so that asking for it gets
+#: this answer rather than an unknown-name error
+NO_CUDA = ("the CUDA C++ kernels (csrc/cuda) are compiled to cubin as a check only "
+           "(make cuda-check), not linked; use backend='triton' on CUDA tensors")
 
 
 class BackendUnavailableError(RuntimeError):
@@ -52,8 +57,8 @@ def register(
     supports: Callable[..., str | None] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Decorator registering ``fn`` as ``backend``'s implementation of ``op``."""
-    if backend not in BACKENDS[1:]:
-        raise ValueError(f"backend must be one of {BACKENDS[1:]}, got {backend!r}")
+    if backend not in REGISTRABLE:
+        raise ValueError(f"backend must be one of {REGISTRABLE}, got {backend!r}")
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         impl = Impl(fn, device_types)
@@ -73,12 +78,11 @@ def register_backends(
     reference: Callable[..., Any],
     cpu: Callable[..., Any] | None = None,
     triton: Callable[..., Any] | None = None,
-    cuda: Callable[..., Any] | None = None,
     cpu_unavailable: Callable[[], str | None] | None = None,
     supports: dict[str, Callable[..., str | None]] | None = None,
 ) -> None:
     """Register the usual set: reference (any device), cpu (compiled, CPU tensors; needs
-    pytransfer._C unless ``cpu_unavailable`` says otherwise), triton and cuda (CUDA tensors).
+    pytransfer._C unless ``cpu_unavailable`` says otherwise) and triton (CUDA tensors).
     ``supports`` maps backend names to input predicates."""
     from pytransfer import _ext
 
@@ -87,7 +91,6 @@ def register_backends(
         "reference": (reference, ("cpu", "cuda"), None),
         "cpu": (cpu, ("cpu",), cpu_unavailable or _ext.unavailable),
         "triton": (triton, ("cuda",), _ext.triton_unavailable),
-        "cuda": (cuda, ("cuda",), _ext.cuda_unavailable),
     }
     for name, (fn, devices, unavailable) in table.items():
         if fn is not None:
@@ -118,7 +121,8 @@ def resolve(op: str, backend: str, device_type: str, **inputs: Any) -> tuple[str
     if backend != "auto":
         impl = impls.get(backend)
         if impl is None:
-            raise BackendUnavailableError(f"{op}: no {backend!r} implementation exists")
+            why = f": {NO_CUDA}" if backend == "cuda" else ""
+            raise BackendUnavailableError(f"{op}: no {backend!r} implementation exists{why}")
         why = (impl.unavailable() or _device_ok(impl, backend, device_type)
                or impl.supports(**inputs))
         if why:

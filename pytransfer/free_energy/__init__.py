@@ -9,9 +9,10 @@ from pytransfer.free_energy.operator import (
     GibbsOperator,
     SolveInfo,
     conjugate_gradient,
+    floor_multiplier,
     minres,
 )
 
 __all__ = ["FreeEnergyModel", "Functionals", "GibbsModel", "GibbsOperator", "SolveInfo",
-           "conjugate_gradient", "digits_model", "gibbs_moments", "gibbs_weights", "minres",
-           "mnist_model"]
+           "conjugate_gradient", "digits_model", "floor_multiplier", "gibbs_moments",
+           "gibbs_weights", "minres", "mnist_model"]

@@ -17,37 +17,36 @@ WEIGHTS_OP, MOMENTS_OP = "gibbs_weights", "gibbs_moments"
 TRITON_MAX_TILE = 1 << 16  # padded S * K * K held by one Triton program
 
 
-def _dtype(x: torch.Tensor) -> str:
-    return str(x.dtype).removeprefix("torch.")
-
-
 def _cpu_weights_fwd(h, q):
-    out = torch.empty_like(h)
-    _ext._C.gibbs_weights_fwd(_dtype(h), h.data_ptr(), q.data_ptr(), h.shape[0], h.shape[1],
-                              out.data_ptr())
+    X, S = h.shape
+    out = h.new_empty((X, S))
+    _ext.call("gibbs_weights_fwd", h.dtype, _ext.src(h, X, S), _ext.src(q, X, S), X, S,
+              _ext.dst(out, X, S))
     return out
 
 
 def _cpu_weights_bwd(g, lw):
-    out = torch.empty_like(g)
-    _ext._C.gibbs_weights_bwd(_dtype(g), g.data_ptr(), lw.data_ptr(), g.shape[0], g.shape[1],
-                              out.data_ptr())
+    X, S = g.shape
+    out = g.new_empty((X, S))
+    _ext.call("gibbs_weights_bwd", g.dtype, _ext.src(g, X, S), _ext.src(lw, X, S), X, S,
+              _ext.dst(out, X, S))
     return out
 
 
 def _cpu_moments_fwd(w, f):
     X, S, K = f.shape
     means, cov = f.new_empty((X, K)), f.new_empty((X, K, K))
-    _ext._C.gibbs_moments_fwd(_dtype(f), w.data_ptr(), f.data_ptr(), X, S, K, means.data_ptr(),
-                              cov.data_ptr())
+    _ext.call("gibbs_moments_fwd", f.dtype, _ext.src(w, X, S), _ext.src(f, X, S, K), X, S, K,
+              _ext.dst(means, X, K), _ext.dst(cov, X, K, K))
     return means, cov
 
 
 def _cpu_moments_bwd(w, f, m, gm, gc):
     X, S, K = f.shape
-    gw, gf = torch.empty_like(w), torch.empty_like(f)
-    _ext._C.gibbs_moments_bwd(_dtype(f), w.data_ptr(), f.data_ptr(), m.data_ptr(), gm.data_ptr(),
-                              gc.data_ptr(), X, S, K, gw.data_ptr(), gf.data_ptr())
+    gw, gf = w.new_empty((X, S)), f.new_empty((X, S, K))
+    _ext.call("gibbs_moments_bwd", f.dtype, _ext.src(w, X, S), _ext.src(f, X, S, K),
+              _ext.src(m, X, K), _ext.src(gm, X, K), _ext.src(gc, X, K, K), X, S, K,
+              _ext.dst(gw, X, S), _ext.dst(gf, X, S, K))
     return gw, gf
 
 

@@ -18,8 +18,9 @@ def gibbs_weights(
     Args:
         neg_log_joint: H_s(x) (eq. 11) of S samples per datum, (X, S).
         log_q: log e(z_s|x) of the proposal at the samples, (X, S).
-        backend: "auto", "reference", "cpu", "triton" or "cuda" (see ``pytransfer.backends``).
-        check_inputs: reject NaN/+-Inf H and rows whose logits are all -inf (a host sync).
+        backend: "auto", "reference", "cpu" or "triton" (see ``pytransfer.backends``).
+        check_inputs: reject NaN/+-Inf H, logits -H - log q that overflow the dtype and rows
+            whose logits are all -inf (a host sync).
     """
     for name, x in (("neg_log_joint", neg_log_joint), ("log_q", log_q)):
         _checks.floating(name, x)
@@ -35,6 +36,11 @@ def gibbs_weights(
         _checks.finite("neg_log_joint", neg_log_joint)
         if bool(torch.isnan(log_q).any()) or bool((log_q == float("-inf")).any()):
             raise ValueError("log_q contains NaN or -inf (a sample the proposal cannot draw)")
+        over = (torch.isinf(neg_log_joint + log_q) & torch.isfinite(log_q)).nonzero()
+        if over.numel():
+            raise ValueError(f"-neg_log_joint - log_q overflows {dtype} at datum x index "
+                             f"{int(over[0, 0])} (finite terms near the dtype's maximum); "
+                             f"compute them in float64")
         dead = torch.isinf(log_q).all(1).nonzero()
         if dead.numel():
             raise ValueError(f"all weights are zero (every logit -inf) for datum x index "

@@ -82,6 +82,10 @@ class FreeEnergyModel(nn.Module):
         logp = torch.log_softmax(self.classifier(z), -1)
         if y.is_floating_point():
             return (logp * y).sum(-1)
+        L = logp.shape[-1]
+        if y.numel() and not bool(((y >= 0) & (y < L)).all()):
+            raise ValueError(f"y holds labels outside [0, {L}) (the classifier's {L} classes): "
+                             f"min {int(y.min())}, max {int(y.max())}")
         return logp.gather(-1, y.expand(logp.shape[:-1]).unsqueeze(-1)).squeeze(-1)
 
 

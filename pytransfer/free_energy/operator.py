@@ -17,6 +17,7 @@ parameters that do not reach H (the encoder, the proposal) or do not require gra
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -27,6 +28,8 @@ from pytransfer.free_energy.gibbs import gibbs_moments, gibbs_weights
 
 WEIGHTS = ("importance", "uniform")
 METHODS = ("minres", "cg")
+#: the smallest lambda, gamma a continuation step may reach (eq. 8 needs them > 0)
+MULTIPLIER_FLOOR = 1e-6
 PROTOCOL = ("encode", "log_prior", "log_decoder", "log_classifier")
 
 
@@ -51,6 +54,18 @@ def check_model(model: object) -> None:
         if not callable(getattr(model, name, None)):
             raise TypeError(f"model must implement {name}() (the GibbsModel protocol: "
                             f"{', '.join(PROTOCOL)}); {type(model).__name__} has no {name}")
+
+
+def floor_multiplier(name: str, value: float, floor: float = MULTIPLIER_FLOOR) -> float:
+    """max(value, floor) for a Lagrange multiplier after a continuation step, with a
+    RuntimeWarning when the floor binds: the process stepped to lambda or gamma <= 0 and is
+    no longer on the path it integrates."""
+    if not value >= floor:  # NaN included
+        warnings.warn(f"{name} = {value:.4g} after the step is below {floor:g}: clamped to "
+                      f"{floor:g} (the path left the region lambda, gamma > 0; use a smaller "
+                      f"step)", RuntimeWarning, stacklevel=2)
+        return floor
+    return value
 
 
 @dataclass
@@ -103,6 +118,11 @@ class GibbsOperator:
         if x.shape[0] != y.shape[0] or x.shape[0] < 1:
             raise ValueError(f"batch x and y must hold the same number >= 1 of rows, got "
                              f"{x.shape[0]} and {y.shape[0]}")
+        if y.dim() == 1 and y.is_floating_point():
+            raise TypeError(f"batch[1] (y) of shape ({y.shape[0]},) must hold integer labels, got "
+                            f"{y.dtype}; label distributions are (X, classes)")
+        if y.dim() == 1 and bool((y < 0).any()):
+            raise ValueError(f"batch[1] (y) holds negative labels (min {int(y.min())})")
         self.model, self.x, self.y, self.backend = model, x, y, backend
         self.params = list(model.parameters())
         self.active = [p.requires_grad for p in self.params]
@@ -112,9 +132,15 @@ class GibbsOperator:
         X = x.shape[0]
         if data_weights is None:
             data_weights = torch.full((X,), 1.0 / X, dtype=self.dtype, device=self.device)
-        elif data_weights.shape != (X,):
-            raise ValueError(f"data_weights must have shape ({X},), got "
-                             f"{tuple(data_weights.shape)}")
+        else:
+            _checks.floating("data_weights", _checks.tensor("data_weights", data_weights))
+            if data_weights.shape != (X,):
+                raise ValueError(f"data_weights must have shape ({X},), got "
+                                 f"{tuple(data_weights.shape)}")
+            _checks.finite("data_weights", data_weights)
+            _checks.nonnegative("data_weights", data_weights)
+            if not bool(data_weights.sum() > 0):
+                raise ValueError("data_weights must have a positive sum (all rows weigh 0)")
         self.pi = data_weights / data_weights.sum()
         with torch.no_grad():
             q = model.encode(x)
@@ -296,8 +322,9 @@ class GibbsOperator:
     def solve(self, b: torch.Tensor, method: str = "minres", damping: float = 0.0,
               maxiter: int = 100, rtol: float = 1e-6) -> tuple[torch.Tensor, SolveInfo]:
         """x ~ (A + damping I)^-1 b by MINRES (default; A is indefinite away from equilibrium)
-        or conjugate gradients, each step one :meth:`hvp`; stops at ||r|| <= rtol ||b||."""
-        self._check_vector("b", b)
+        or conjugate gradients, each step one :meth:`hvp`; stops at ||r|| <= rtol ||b||.
+        An unconverged solve warns (RuntimeWarning) and says so in the returned info."""
+        _checks.finite("b", self._check_vector("b", b))
         _checks.choice("method", method, METHODS)
         damping = _checks.nonneg_float("damping", damping)
         _checks.positive_int("maxiter", maxiter)
@@ -307,7 +334,13 @@ class GibbsOperator:
             return self.hvp(u) + damping * u if damping else self.hvp(u)
 
         fn = minres if method == "minres" else conjugate_gradient
-        return fn(op, b, maxiter=maxiter, rtol=rtol)
+        x, info = fn(op, b, maxiter=maxiter, rtol=rtol)
+        if not info.converged:
+            rel = info.residual_norms[-1] / info.residual_norms[0]
+            warnings.warn(f"GibbsOperator.solve: {method} stopped unconverged after {maxiter} "
+                          f"iterations (relative residual {rel:.2e} > rtol={rtol:g}); the "
+                          f"result is in info (converged=False)", RuntimeWarning, stacklevel=2)
+        return x, info
 
 
 def minres(op, b: torch.Tensor, *, maxiter: int, rtol: float) -> tuple[torch.Tensor, SolveInfo]:

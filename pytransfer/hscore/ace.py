@@ -38,6 +38,8 @@ def optimal_h_score(P_xy: torch.Tensor, k: int | None = None, *, max_iter: int =
     """
     _checks.floating("P_xy", P_xy)
     _checks.ndim("P_xy", P_xy, (2,))
+    _checks.positive_int("max_iter", max_iter)
+    _checks.nonneg_float("tol", tol)
     _checks.finite("P_xy", P_xy)
     _checks.nonnegative("P_xy", P_xy)
     total = float(P_xy.sum())

@@ -37,6 +37,11 @@ def pixelwise_h_score(
     if d == 0:
         raise ValueError("features must have d >= 1 columns, got d = 0")
     label_maps = check_label_maps(label_maps, N, num_classes)
+    P = label_maps.shape[1]
+    # (P, C) squared sums and counts, and the segment kernel's (pixel group, C, d) sums
+    _checks.fits(f"pixelwise_h_score with P={P} pixels, num_classes={num_classes}, d={d}",
+                 8 * (2 * P * num_classes + 16 * torch.get_num_threads() * num_classes * d),
+                 features.device)
     _checks.same_device(features=features, label_maps=label_maps)
     name, segment = _dispatch.resolve(_ops.OP_SEGMENT, backend, features.device.type)
     stats = HScoreStats(d, num_classes, device=features.device,

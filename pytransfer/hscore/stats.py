@@ -78,6 +78,7 @@ class HScoreStats:
         if chunk_size is not None:
             _checks.positive_int("chunk_size", chunk_size)
         self.dtype, self.device, self.backend = dtype, torch.device(device or "cpu"), backend
+        self._fits(1)
         self.chunk_size, self.check_inputs = chunk_size, check_inputs
         self.batched: bool | None = None  # set by the first update: (T, N, d) or (N, d)
         self.input_eps = torch.finfo(torch.float64).eps
@@ -86,7 +87,15 @@ class HScoreStats:
         self.shift: torch.Tensor | None = None
 
     # ------------------------------------------------------------------ accumulation
+    def _fits(self, T: int) -> None:
+        """The accumulators of T feature sets, (T, d, d) and (T, C, d) first, must fit."""
+        d, C = self.d, self.num_classes
+        per = T * (d * d + C * d + 3 * d + 1) + C + 1
+        _checks.fits(f"HScoreStats(d={d}, num_classes={C}) for T={T} feature set(s)",
+                     per * torch.finfo(self.dtype).bits // 8, self.device)
+
     def _init(self, T: int, batched: bool, shift: torch.Tensor) -> None:
+        self._fits(T)
         self.batched, self.T = batched, T
         d, C = self.d, self.num_classes
         z = {"dtype": self.dtype, "device": self.device}
@@ -276,9 +285,11 @@ class HScoreStats:
         tiny = (pivot <= SINGULAR_RTOL * self.d * var).any(-1)
         if bool((info > 0).any() or tiny.any()):
             bad = torch.nonzero((info > 0) | tiny).flatten().tolist()
+            advice = ("pass shrinkage=float or shrinkage='ledoit-wolf'" if shrinkage is None
+                      else f"even with shrinkage={shrinkage!r}: pass a larger float shrinkage "
+                           f"(e.g. 0.1) or drop the dependent features")
             raise ValueError(f"cov(f) is singular or not positive definite (feature sets "
-                             f"{bad}; linearly dependent features); pass shrinkage=float or "
-                             f"shrinkage='ledoit-wolf'")
+                             f"{bad}; linearly dependent features); {advice}")
         return L
 
     def h_score(self, shrinkage: float | str | None = None) -> torch.Tensor:
@@ -304,8 +315,9 @@ def h_score(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int | 
     """H-score (Definition 2) of features (N, d) -> () or T feature sets (T, N, d) -> (T,).
 
     ``num_classes`` defaults to labels.max() + 1; absent classes are skipped with a warning.
-    ``backend="reference"`` is the float64 two-pass formula (differentiable); the others
-    stream the statistics kernel in chunks of ``chunk_size`` rows and do not track gradients.
+    ``backend="reference"`` is the float64 two-pass formula (differentiable, through the
+    Ledoit-Wolf intensity too); the others stream the statistics kernel in chunks of
+    ``chunk_size`` rows and do not track gradients.
     Higher-order transfer: score ``torch.cat([f1, f2], -1)``.
     """
     _checks.floating("features", features)
@@ -324,15 +336,18 @@ def h_score(features: torch.Tensor, labels: torch.Tensor, *, num_classes: int | 
             stats.update(features, labels)
         _warn_absent(stats)
         return stats.h_score(shrinkage)
-    from pytransfer.hscore.reference import h_score_reference
+    from pytransfer.hscore.reference import h_score_reference, ledoit_wolf_reference
 
     stats.update(features.detach(), labels)  # validation and the singularity errors
     _warn_absent(stats)
-    stats.regularised_covariance(shrinkage)
-    s = shrinkage
-    if s == "ledoit-wolf":
-        s = stats.ledoit_wolf() if features.dim() == 3 else stats.ledoit_wolf()[0]
-    return h_score_reference(features, labels.long(), num_classes, s)
+    stats.cholesky(shrinkage)
+    # the Ledoit-Wolf intensity is a function of the features: differentiated with them
+    s = ledoit_wolf_reference(features) if shrinkage == "ledoit-wolf" else shrinkage
+    try:
+        return h_score_reference(features, labels.long(), num_classes, s)
+    except torch.linalg.LinAlgError as exc:  # pivots the streamed check let through
+        raise ValueError(f"cov(f) is singular or not positive definite ({exc}); pass a "
+                         f"(larger) float shrinkage") from None
 
 
 def _warn_absent(stats: HScoreStats) -> None:

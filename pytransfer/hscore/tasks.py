@@ -11,14 +11,31 @@ from pytransfer import _checks
 from pytransfer.hscore.pixelwise import pixelwise_h_score
 from pytransfer.hscore.stats import h_score
 
+#: an optimal H-score below this (relative to its maximum C - 1) is zero: no ratio exists
+ZERO_H_RTOL = 1e-9
+
+
+def _classes(name: str, labels: object) -> int:
+    """num_classes = max + 1 of non-empty integer labels."""
+    _checks.tensor(name, labels)
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer labels, got {labels.dtype}")
+    if labels.numel() == 0:
+        raise ValueError(f"{name} is empty: no labels to score")
+    return int(labels.max()) + 1
+
 
 def transferability(f_source: torch.Tensor, y_target: torch.Tensor,
                     f_target_opt: torch.Tensor, *, shrinkage: float | str | None = None,
                     ) -> torch.Tensor:
-    """T(S, T) = H_T(f_S) / H_T(f_T,opt) (Definition 3), both scored on the target labels."""
-    num_classes = int(y_target.max()) + 1
-    return (h_score(f_source, y_target, num_classes=num_classes, shrinkage=shrinkage)
-            / h_score(f_target_opt, y_target, num_classes=num_classes, shrinkage=shrinkage))
+    """T(S, T) = H_T(f_S) / H_T(f_T,opt) (Definition 3), both scored on the target labels.
+    An optimal H-score of 0 (features that carry nothing about the labels) is an error."""
+    num_classes = _classes("y_target", y_target)
+    den = h_score(f_target_opt, y_target, num_classes=num_classes, shrinkage=shrinkage)
+    if bool((den <= ZERO_H_RTOL * (num_classes - 1)).any()):
+        raise ValueError(f"H_T(f_target_opt) = {den.min().item():.3g} is 0: f_target_opt "
+                         f"carries no information about y_target, so T(S, T) is undefined")
+    return h_score(f_source, y_target, num_classes=num_classes, shrinkage=shrinkage) / den
 
 
 def rank_sources(candidates: Mapping[str, torch.Tensor], y_target: torch.Tensor, *,
@@ -29,7 +46,7 @@ def rank_sources(candidates: Mapping[str, torch.Tensor], y_target: torch.Tensor,
     """
     if not candidates:
         raise ValueError("candidates must name at least one feature set")
-    num_classes = int(y_target.max()) + 1
+    num_classes = _classes("y_target", y_target)
     names = list(candidates)
     shapes = {tuple(_checks.tensor(f"candidates[{k!r}]", v).shape) for k, v in candidates.items()}
     if len(shapes) == 1:
@@ -75,7 +92,7 @@ def transferability_matrix(source_features: Mapping[str, torch.Tensor] | Sequenc
                    else target_labels)
     out = torch.empty(len(feats), len(targets), dtype=torch.float64)
     for j, y in enumerate(targets):
-        C = int(y.max()) + 1
+        C = _classes(f"target_labels[{j}]", y)
         for i, f in enumerate(feats):
             if y.dim() == 2:
                 out[i, j] = pixelwise_h_score(f, y, C, shrinkage=shrinkage).mean()

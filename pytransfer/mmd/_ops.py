@@ -24,10 +24,6 @@ OP_QUADRATIC = "mmd_quadratic"
 TILE_ELEMENTS = 1 << 22
 
 
-def _dt(x: torch.Tensor) -> str:
-    return str(x.dtype).removeprefix("torch.")
-
-
 def _rows_per_tile(N: int) -> int:
     return max(1, min(N, TILE_ELEMENTS // N))
 
@@ -38,15 +34,13 @@ def mmd_linear_fwd_cpu(
     xs: torch.Tensor, xt: torch.Tensor, gammas: torch.Tensor, weights: torch.Tensor,
     square: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, xt = xs.contiguous(), xt.contiguous()
-    P, d = xs.shape[0] // 2, xs.shape[1]
-    U = gammas.shape[0]
+    (n, d), U = xs.shape, gammas.shape[0]
+    P = n // 2
     h = torch.zeros(U, dtype=torch.float64)
     coef = xs.new_empty((P, 4))
-    _ext._C.mmd_linear_fwd(_dt(xs), xs.data_ptr(), xt.data_ptr(), P, d,
-                           gammas.contiguous().data_ptr(), weights.contiguous().data_ptr(),
-                           square.contiguous().data_ptr(), U, h.data_ptr(), coef.data_ptr(),
-                           torch.get_num_threads())
+    _ext.call("mmd_linear_fwd", xs.dtype, _ext.src(xs, n, d), _ext.src(xt, n, d), P, d,
+              _ext.src(gammas, U), _ext.src(weights, U), _ext.src(square, U, dtype=torch.int32),
+              U, _ext.dst(h, U, dtype=torch.float64), _ext.dst(coef, P, 4))
     return (h / P).to(xs.dtype), coef
 
 
@@ -54,12 +48,11 @@ def mmd_linear_fwd_cpu(
 def mmd_linear_bwd_cpu(
     xs: torch.Tensor, xt: torch.Tensor, coef: torch.Tensor, grad: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    xs, xt, coef = xs.contiguous(), xt.contiguous(), coef.contiguous()
-    P, d = coef.shape[0], xs.shape[1]
-    gxs, gxt = torch.empty_like(xs), torch.empty_like(xt)
-    _ext._C.mmd_linear_bwd(_dt(xs), xs.data_ptr(), xt.data_ptr(), coef.data_ptr(), P, d,
-                           2.0 * float(grad) / P, gxs.data_ptr(), gxt.data_ptr(),
-                           torch.get_num_threads())
+    (n, d), P = xs.shape, coef.shape[0]
+    gxs, gxt = xs.new_empty(xs.shape), xt.new_empty(xt.shape)
+    _ext.call("mmd_linear_bwd", xs.dtype, _ext.src(xs, n, d), _ext.src(xt, n, d),
+              _ext.src(coef, P, 4), P, d, 2.0 * float(grad) / P, _ext.dst(gxs, n, d),
+              _ext.dst(gxt, n, d))
     return gxs, gxt
 
 
@@ -151,10 +144,11 @@ def _tiles(xs: torch.Tensor, xt: torch.Tensor):
 
 
 def _tile_cpu(G, rn, cn, r0, ns, gammas, weights, square, W, backward, h):
-    _ext._C.mmd_tile(_dt(G), G.data_ptr(), rn.contiguous().data_ptr(), cn.data_ptr(),
-                     G.shape[0], G.shape[1], r0, ns, gammas.data_ptr(), weights.data_ptr(),
-                     square.data_ptr(), gammas.shape[0], *W, backward, h.data_ptr(),
-                     torch.get_num_threads())
+    (R, N), U = G.shape, gammas.shape[0]
+    _ext.call("mmd_tile", G.dtype, _ext.dst(G, R, N), _ext.src(rn, R), _ext.src(cn, N), R, N,
+              r0, ns, _ext.src(gammas, U), _ext.src(weights, U),
+              _ext.src(square, U, dtype=torch.int32), U, *W, backward,
+              _ext.dst(h, U, dtype=torch.float64))
 
 
 def _tile_triton(G, rn, cn, r0, ns, gammas, weights, square, W, backward, h):
@@ -181,7 +175,7 @@ def _quadratic_bwd(xs, xt, gammas, weights, square, grad, tile):
     products from the recomputed coefficient block."""
     gammas, weights, square = gammas.contiguous(), weights.contiguous(), square.contiguous()
     W = _pair_weights(xs.shape[0], xt.shape[0])
-    dummy = torch.zeros(1, dtype=torch.float64, device=xs.device)
+    dummy = torch.zeros(gammas.shape[0], dtype=torch.float64, device=xs.device)
     gX = []
     for r0, X, norms, C in _tiles(xs, xt):
         rows = X[r0:r0 + C.shape[0]]

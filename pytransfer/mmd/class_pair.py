@@ -5,22 +5,29 @@ from __future__ import annotations
 
 import torch
 
+from pytransfer import _checks
 from pytransfer.mmd.functional import base_value, check_features, check_kernels, check_weights
 from pytransfer.mmd.reference import sq_dists
-from pytransfer.mmd.spec import KernelSpec
+from pytransfer.mmd.spec import KernelSpec, standardize
 
 #: pair evaluations per tile (rows * columns)
 TILE_ELEMENTS = 1 << 21
 
 
-def _labels(name: str, y: object, n: int, num_classes: int | None) -> tuple[torch.Tensor, int]:
+def _labels(name: str, y: object, n: int, num_classes: object, arg: str
+            ) -> tuple[torch.Tensor, int]:
     if not isinstance(y, torch.Tensor) or y.dtype not in (torch.int32, torch.int64, torch.uint8):
         raise TypeError(f"{name} must be an integer label tensor")
     if y.shape != (n,):
         raise ValueError(f"{name} must have shape ({n},), got {tuple(y.shape)}")
+    if n < 2:
+        raise ValueError(f"{name}: need >= 2 samples (every class needs 2), got {n}")
     if bool((y < 0).any()):
         raise ValueError(f"{name} has negative labels")
-    L = int(y.max()) + 1 if num_classes is None else num_classes
+    L = int(y.max()) + 1 if num_classes is None else _checks.positive_int(arg, num_classes)
+    if L > n // 2:
+        raise ValueError(f"{name}: {L} classes need >= {2 * L} samples (2 per class), got {n}"
+                         + ("" if num_classes is None else f"; {arg}={L} is too large"))
     counts = torch.bincount(y.long(), minlength=L)
     if counts.numel() > L:
         raise ValueError(f"{name} has labels >= num_classes={L}")
@@ -68,16 +75,17 @@ def class_pair_mmd(
     source row tile: O((Ns + Nt) Nt + Ns^2) pair evaluations in all, not Ls * Lt calls.
     Differentiable w.r.t. the features (autograd keeps the tiles for backward).
     """
-    check_features(fs, ft, check_inputs)
+    check_features(fs, ft, check_inputs, names=("fs", "ft"))
     if estimator != "quadratic":
         raise ValueError(f"estimator must be 'quadratic' for class_pair_mmd (a class pair has "
                          f"unpaired samples of different sizes), got {estimator!r}")
-    ys, Ls = _labels("ys", ys, fs.shape[0], num_source_classes)
-    yt, Lt = _labels("yt", yt, ft.shape[0], num_target_classes)
+    ys, Ls = _labels("ys", ys, fs.shape[0], num_source_classes, "num_source_classes")
+    yt, Lt = _labels("yt", yt, ft.shape[0], num_target_classes, "num_target_classes")
     spec = check_kernels(kernels)
     w = check_weights(weights, spec.num, fs, check_inputs)
-    base = base_value(spec, fs, ft, check_inputs).detach().to(fs.dtype)
-    gammas = 1.0 / (2.0 * torch.tensor(spec.multipliers, dtype=fs.dtype, device=fs.device) * base)
+    # in units of the bandwidth, centred: scale invariant, no offset cancellation in sq_dists
+    fs, ft, _ = standardize(fs, ft, base_value(spec, fs, ft, check_inputs), check_inputs)
+    gammas = 1.0 / (2.0 * torch.tensor(spec.multipliers, dtype=fs.dtype, device=fs.device))
     ns = torch.bincount(ys, minlength=Ls).to(fs.dtype)
     nt = torch.bincount(yt, minlength=Lt).to(fs.dtype)
     within_s = _class_sums(fs, ys, Ls, fs, ys, Ls, gammas, w, True) / (ns * (ns - 1))

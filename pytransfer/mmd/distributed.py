@@ -23,12 +23,12 @@ def _sum(t: torch.Tensor, group) -> torch.Tensor:
 
 
 def global_bandwidth(xs: torch.Tensor, xt: torch.Tensor, group=None) -> torch.Tensor:
-    """Mean pairwise squared distance of the pooled global batch (two all-reduces, float64)."""
+    """Mean pairwise squared distance of the pooled global batch (two all-reduces), float64."""
     x = torch.cat([xs.detach(), xt.detach()]).double()
     first = _sum(torch.cat([x.new_tensor([x.shape[0]]), x.sum(0)]), group)
     count, mean = first[0], first[1:] / first[0]
     centered = _sum((x - mean).square().sum(), group)
-    return bandwidth_from_moments(count, centered).to(xs.dtype)
+    return bandwidth_from_moments(count, centered)
 
 
 def global_weights(xs: torch.Tensor, xt: torch.Tensor, spec: KernelSpec, base: torch.Tensor,

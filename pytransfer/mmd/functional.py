@@ -9,27 +9,17 @@ import torch
 
 from pytransfer import _checks, _dispatch
 from pytransfer.mmd import _ops
-from pytransfer.mmd.spec import KernelSpec, bandwidth, gaussian_kernels, resolve
+from pytransfer.mmd.spec import (
+    KernelSpec,
+    check_features,
+    gaussian_kernels,
+    pooled_bandwidth,
+    resolve,
+    standardize,
+)
 
 ESTIMATORS = ("linear", "quadratic")
 WEIGHT_SUM_RTOL = 1e-5
-
-
-def check_features(xs: object, xt: object, check_inputs: bool) -> torch.device:
-    """Shared checks of two (n, d) feature batches: type, dtype, rank, width, values."""
-    _checks.floating("xs", _checks.tensor("xs", xs))
-    _checks.floating("xt", _checks.tensor("xt", xt))
-    _checks.ndim("xs", xs, (2,))
-    _checks.ndim("xt", xt, (2,))
-    device = _checks.same_device(xs=xs, xt=xt)
-    _checks.same_dtype(xs=xs, xt=xt)
-    if xs.shape[1] != xt.shape[1]:
-        raise ValueError(f"xs and xt must have the same feature dimension, got {xs.shape[1]} "
-                         f"and {xt.shape[1]}")
-    if check_inputs:
-        for name, x in (("xs", xs), ("xt", xt)):
-            _checks.finite(name, x)
-    return device
 
 
 def check_kernels(kernels: object) -> KernelSpec:
@@ -64,14 +54,15 @@ def check_weights(weights: object, U: int, like: torch.Tensor, check_inputs: boo
 
 def base_value(spec: KernelSpec, xs: torch.Tensor, xt: torch.Tensor,
                check_inputs: bool) -> torch.Tensor:
+    """The kernels' base (sigma_u^2 = multiplier_u * base) in float64, detached."""
     if isinstance(spec.base, str):
-        return bandwidth(xs, xt)
+        return pooled_bandwidth(xs, xt)
     if isinstance(spec.base, torch.Tensor):
-        base = spec.base.to(device=xs.device)
+        base = spec.base.detach().to(device=xs.device, dtype=torch.float64)
         if check_inputs and not bool(torch.isfinite(base).all() & (base > 0).all()):
             raise ValueError(f"base must be finite and > 0, got {float(base)}")
         return base
-    return torch.tensor(spec.base, dtype=xs.dtype, device=xs.device)
+    return torch.tensor(spec.base, dtype=torch.float64, device=xs.device)
 
 
 def mk_mmd(
@@ -102,6 +93,8 @@ def mk_mmd(
         backend: ``"auto" | "reference" | "cpu" | "triton"``.
         check_inputs: value checks (NaN/Inf, weights, base); they need a host sync.
 
+    The features are evaluated in units of sqrt(base), centred on their pooled mean (the same
+    kernels), so the estimate is scale invariant and a common offset costs no precision.
     Returns a scalar (the estimate can be negative: both estimators are unbiased).
     Gradients flow to xs, xt and weights; the bandwidths are constants.
     """
@@ -126,7 +119,8 @@ def mk_mmd(
     if xs.dtype in (torch.float16, torch.bfloat16):
         xs, xt = xs.float(), xt.float()
     w = check_weights(weights, spec.num, xs, check_inputs)
-    gammas, w, square = resolve(spec, w, base_value(spec, xs, xt, check_inputs), xs.dtype)
+    xs, xt, base = standardize(xs, xt, base_value(spec, xs, xt, check_inputs), check_inputs)
+    gammas, w, square = resolve(spec, w, base, xs.dtype)
     op = _ops.OP_LINEAR if estimator == "linear" else _ops.OP_QUADRATIC
     _, fn = _dispatch.resolve(op, backend, device.type)
     return fn(xs, xt, gammas, w, square)[0]

@@ -78,13 +78,13 @@ def centered_sq(xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
     N = xs.shape[0] + xt.shape[0]
     if (xs.device.type == "cpu" and _ext.unavailable() is None and not torch.compiler.is_compiling()
             and xs.dtype in (torch.float32, torch.float64)):
-        shift = xs[0].contiguous()
-        colsum = torch.zeros(xs.shape[1], dtype=torch.float64)
+        d = xs.shape[1]
+        colsum = torch.zeros(d, dtype=torch.float64)
         sq = torch.zeros(1, dtype=torch.float64)
-        for x in (xs.contiguous(), xt.contiguous()):
-            _ext._C.mmd_moments(str(x.dtype).removeprefix("torch."), x.data_ptr(), x.shape[0],
-                                x.shape[1], shift.data_ptr(), colsum.data_ptr(), sq.data_ptr(),
-                                torch.get_num_threads())
+        for x in (xs, xt):
+            _ext.call("mmd_moments", x.dtype, _ext.src(x, x.shape[0], d), x.shape[0], d,
+                      _ext.src(xs[0], d), _ext.dst(colsum, d, dtype=torch.float64),
+                      _ext.dst(sq, 1, dtype=torch.float64))
         return sq[0] - colsum.square().sum() / N
     x = torch.cat([xs, xt]).double()
     return (x - x.mean(0)).square().sum()
@@ -95,16 +95,71 @@ def bandwidth_from_moments(count: int | torch.Tensor, centered_sq: torch.Tensor)
     return 2 * centered_sq / (count - 1)
 
 
+def check_features(xs: object, xt: object, check_inputs: bool,
+                   names: tuple[str, str] = ("xs", "xt")) -> torch.device:
+    """Shared checks of two (n, d) feature batches: type, dtype, rank, width, values."""
+    ns, nt = names
+    _checks.floating(ns, _checks.tensor(ns, xs))
+    _checks.floating(nt, _checks.tensor(nt, xt))
+    _checks.ndim(ns, xs, (2,))
+    _checks.ndim(nt, xt, (2,))
+    device = _checks.same_device(**{ns: xs, nt: xt})
+    _checks.same_dtype(**{ns: xs, nt: xt})
+    if xs.shape[1] != xt.shape[1]:
+        raise ValueError(f"{ns} and {nt} must have the same feature dimension, got "
+                         f"{xs.shape[1]} and {xt.shape[1]}")
+    if check_inputs:
+        for name, x in ((ns, xs), (nt, xt)):
+            _checks.finite(name, x)
+    return device
+
+
+def pooled_bandwidth(xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+    """:func:`bandwidth` in float64, for validated inputs."""
+    count = xs.shape[0] + xt.shape[0]
+    if count < 2:
+        raise ValueError("bandwidth needs at least 2 pooled rows")
+    return bandwidth_from_moments(count, centered_sq(xs, xt))
+
+
 def bandwidth(xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
     """Mean pairwise squared distance of the pooled batch [xs; xt], O(N d), detached.
 
     Equal to 2N/(N-1) (mean ||x||^2 - ||mean x||^2); evaluated from centred moments in float64
-    (no cancellation for features with a large common offset). Returns xs's dtype.
+    (no cancellation for features with a large common offset). Returns xs's dtype; a value
+    that does not fit it (float32 features beyond ~1e19) is an error: ``mk_mmd`` itself works
+    in units of the bandwidth and is scale invariant.
     """
-    count = xs.shape[0] + xt.shape[0]
-    if count < 2:
-        raise ValueError("bandwidth needs at least 2 pooled rows")
-    return bandwidth_from_moments(count, centered_sq(xs, xt)).to(xs.dtype)
+    check_features(xs, xt, True)
+    base = pooled_bandwidth(xs, xt)
+    out = base.to(xs.dtype)
+    if not bool(torch.isfinite(out)):
+        raise ValueError(f"the bandwidth {float(base):.3g} overflows {xs.dtype}; pass float64 "
+                         f"features")
+    return out
+
+
+def standardize(xs: torch.Tensor, xt: torch.Tensor, base: torch.Tensor, check_inputs: bool
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(zs, zt, 1): the features centred on their pooled mean, in units of sqrt(base).
+
+    Every kernel depends on the data only through ||x_i - x_j||^2 / base, so the estimates are
+    unchanged, while distances stay O(1) at any feature scale (1e-20 and 1e20 alike) and the
+    GEMM identity ||a||^2 + ||b||^2 - 2 a.b loses no digits to a common offset. ``base`` is
+    float64 and detached (a constant for the gradient, as in DAN); base 0 (all points equal)
+    keeps the unit scale.
+    """
+    base = base.detach().double().reshape(())
+    if check_inputs and not bool(torch.isfinite(base)):
+        raise ValueError("the kernel bandwidth overflows float64: the features are too large "
+                         "(their squared distances exceed ~1e308)")
+    scale = torch.where(base > 0, base.rsqrt(), torch.ones_like(base)).to(xs.dtype)
+    n = xs.shape[0]
+    _checks.fits(f"the ({n + xt.shape[0]}, {xs.shape[1]}) standardised features",
+                 (n + xt.shape[0]) * xs.shape[1] * xs.element_size(), xs.device)
+    x = torch.cat([xs, xt]) * scale
+    x = x - x.detach().mean(0)
+    return x[:n], x[n:], torch.ones((), dtype=torch.float64, device=xs.device)
 
 
 def resolve(

@@ -6,6 +6,8 @@ quad-tuples.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 
@@ -33,7 +35,7 @@ def solve_weights(count: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, reg: 
     the strictly convex problem min_{beta >= 0} beta^T A beta / 2 - d^T beta (A = Q + reg I;
     the KKT conditions coincide), solved by exact coordinate descent and normalised to sum 1.
     If no kernel has d_u > 0 the ratio is not positive anywhere: the single kernel with the
-    largest d_u / sqrt(A_uu) is returned.
+    largest d_u / sqrt(A_uu) is returned. Stopping at ``MAX_SWEEPS`` unconverged warns.
     """
     n = float(count)
     d = (s1 / n).cpu().numpy()
@@ -49,6 +51,11 @@ def solve_weights(count: torch.Tensor, s1: torch.Tensor, s2: torch.Tensor, reg: 
                 beta[u] = new
             if change <= 1e-13 * max(beta.max(), 1e-300):
                 break
+        else:
+            warnings.warn(f"optimize_kernel_weights: coordinate descent stopped after "
+                          f"MAX_SWEEPS={MAX_SWEEPS} sweeps, unconverged (last change "
+                          f"{change:.3g}); the weights may be suboptimal", RuntimeWarning,
+                          stacklevel=3)
     if beta.sum() <= 0:
         beta = np.zeros_like(d)
         beta[int(np.argmax(d / np.sqrt(np.diag(A))))] = 1.0

@@ -17,6 +17,8 @@ def soft_hgr(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     if f.dim() != 2 or f.shape != g.shape:
         raise ValueError(f"f and g must be (B, k) of one shape, got {tuple(f.shape)} and "
                          f"{tuple(g.shape)}")
+    if f.shape[0] == 0:
+        raise ValueError("f and g hold no rows (batch size 0): the objective is undefined")
     n = f.shape[0]
     f = f - f.mean(0)
     g = g - g.mean(0)
@@ -40,4 +42,8 @@ class HScore(nn.Module):
             return -soft_hgr(f, target)
         if self.g is None:
             raise ValueError("integer labels need HScore(num_classes=..., dim=...)")
+        C = self.g.num_embeddings
+        if target.numel() and not bool(((target >= 0) & (target < C)).all()):
+            raise ValueError(f"target holds labels outside [0, {C}) (num_classes={C}): min "
+                             f"{int(target.min())}, max {int(target.max())}")
         return -soft_hgr(f, self.g(target))

@@ -1,6 +1,6 @@
 """torch.library registrations of the Sinkhorn ops and their backends.
 
-``pytransfer::sinkhorn_log_{cpu,triton,cuda}`` are the fixed-point solvers (no autograd: they
+``pytransfer::sinkhorn_log_{cpu,triton}`` are the fixed-point solvers (no autograd: they
 return potentials, which are constants for the gradient rules).
 ``pytransfer::sinkhorn_values`` turns potentials into (transport_cost, objective) and owns the
 gradient rule (dual or implicit) through ``register_autograd``.
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from pytransfer import _dispatch, _ext
+from pytransfer import _checks, _dispatch, _ext
 from pytransfer.ot import implicit, scaling
 from pytransfer.ot.reference import (
     plan_from_potentials,
@@ -41,7 +41,7 @@ def _solver_fake(a, b, cost, eps, max_iter, tol, g_init=None):
 
 def _outputs(a, b):
     B = a.shape[0]
-    return (torch.empty_like(a), torch.empty_like(b),
+    return (a.new_empty(a.shape), b.new_empty(b.shape),
             torch.empty(B, dtype=torch.int64, device=a.device), a.new_empty(B))
 
 
@@ -50,14 +50,12 @@ def sinkhorn_log_cpu(
     a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float,
     g_init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
     f, g, n_iter, err = _outputs(a, b)
-    B, n = a.shape
-    _ext._C.sinkhorn_log(
-        str(a.dtype).removeprefix("torch."), a.data_ptr(), b.data_ptr(), cost.data_ptr(),
-        B, n, b.shape[1], cost.shape[0] == 1, eps, max_iter, tol,
-        0 if g_init is None else g_init.contiguous().data_ptr(),
-        f.data_ptr(), g.data_ptr(), n_iter.data_ptr(), err.data_ptr(), torch.get_num_threads(),
+    (B, n), m, Bc = a.shape, b.shape[1], cost.shape[0]
+    _ext.call(
+        "sinkhorn_log", a.dtype, _ext.src(a, B, n), _ext.src(b, B, m), _ext.src(cost, Bc, n, m),
+        B, n, m, Bc == 1, eps, max_iter, tol, _ext.src(g_init, B, m), _ext.dst(f, B, n),
+        _ext.dst(g, B, m), _ext.dst(n_iter, B, dtype=torch.int64), _ext.dst(err, B),
     )
     return f, g, n_iter, err
 
@@ -73,25 +71,7 @@ def sinkhorn_log_triton(
                   None if g_init is None else g_init.contiguous())
 
 
-@torch.library.custom_op("pytransfer::sinkhorn_log_cuda", mutates_args=())
-def sinkhorn_log_cuda(
-    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float,
-    g_init: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    if g_init is not None:
-        raise NotImplementedError("the CUDA C++ Sinkhorn kernel has no warm start")
-    a, b, cost = a.float().contiguous(), b.float().contiguous(), cost.float().contiguous()
-    f, g, n_iter, err = _outputs(a, b)
-    B, n = a.shape
-    _ext._C.sinkhorn_log_cuda(
-        a.data_ptr(), b.data_ptr(), cost.data_ptr(), B, n, b.shape[1], cost.shape[0] == 1,
-        eps, max_iter, tol, f.data_ptr(), g.data_ptr(), n_iter.data_ptr(), err.data_ptr(),
-        torch.cuda.current_stream().cuda_stream,
-    )
-    return f, g, n_iter, err
-
-
-for _op in (sinkhorn_log_cpu, sinkhorn_log_triton, sinkhorn_log_cuda):
+for _op in (sinkhorn_log_cpu, sinkhorn_log_triton):
     _op.register_fake(_solver_fake)
 
 
@@ -102,9 +82,22 @@ def _triton_supports(*, n: int, m: int, **_) -> str | None:
     return None
 
 
+def _triton_scaling_supports(*, n: int, m: int, **_) -> str | None:
+    """The scaling kernel holds the padded K (BLOCK_N x BLOCK_M) and BLOCK_B problems'
+    scalings (BLOCK_B x (BLOCK_N + BLOCK_M)) in one program."""
+    from pytransfer.kernels.sinkhorn_scaling import launch_shape
+
+    _, bb, bn, bm = launch_shape(1, n, m)
+    held = bn * bm + bb * (bn + bm)
+    if held > TRITON_MAX_TILE:
+        return (f"the {n}x{m} problem padded to {bn}x{bm}, with {bb} problems' scalings, holds "
+                f"{held} values in one program (at most {TRITON_MAX_TILE})")
+    return None
+
+
 _dispatch.register_backends(
     OP, reference=sinkhorn_log_reference, cpu=sinkhorn_log_cpu, triton=sinkhorn_log_triton,
-    cuda=sinkhorn_log_cuda, supports={"triton": _triton_supports},
+    supports={"triton": _triton_supports},
 )
 
 
@@ -127,15 +120,15 @@ def sinkhorn_scaling_cpu(
 def scaling_cpu_with_flags(a, b, cost, eps, max_iter, tol):
     """(f, g, n_iter, err, absorbed) of the C++ scaling kernel; ``absorbed`` marks problems
     that finished in the log domain."""
-    a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
     f, g, n_iter, err = _outputs(a, b)
-    absorbed = torch.empty(a.shape[0], dtype=torch.uint8)
+    (B, n), m = a.shape, b.shape[1]
+    absorbed = torch.empty(B, dtype=torch.uint8)
     lo, hi = scaling.SAFE_RANGE[a.dtype]
-    _ext._C.sinkhorn_scaling(
-        str(a.dtype).removeprefix("torch."), a.data_ptr(), b.data_ptr(), cost.data_ptr(),
-        a.shape[0], a.shape[1], b.shape[1], eps, max_iter, tol, lo, hi, f.data_ptr(),
-        g.data_ptr(), n_iter.data_ptr(), err.data_ptr(), absorbed.data_ptr(),
-        torch.get_num_threads(),
+    _ext.call(
+        "sinkhorn_scaling", a.dtype, _ext.src(a, B, n), _ext.src(b, B, m),
+        _ext.src(cost, 1, n, m), B, n, m, eps, max_iter, tol, lo, hi, _ext.dst(f, B, n),
+        _ext.dst(g, B, m), _ext.dst(n_iter, B, dtype=torch.int64), _ext.dst(err, B),
+        _ext.dst(absorbed, B, dtype=torch.uint8),
     )
     return f, g, n_iter, err, absorbed.bool()
 
@@ -147,15 +140,20 @@ sinkhorn_scaling_cpu.register_fake(_solver_fake)
 def sinkhorn_scaling_triton(
     a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Scaling form in one Triton kernel; flagged problems are re-solved in the log domain."""
+    """Scaling form in one Triton kernel; flagged (absorbed) problems continue in the log domain
+    from their last in-range potentials, their iterations counted as on the CPU."""
     from pytransfer.kernels.sinkhorn_scaling import sinkhorn_scaling_triton as launch
 
     lo, hi = scaling.SAFE_RANGE[torch.float64 if a.dtype == torch.float64 else torch.float32]
     a, b = a.contiguous(), b.contiguous()
     f, g, n_iter, err, bad = launch(a, b, cost, eps, max_iter, tol, lo, hi)
     if bool(bad.any()):
-        i = bad.nonzero()[:, 0]
-        f[i], g[i], n_iter[i], err[i] = sinkhorn_log_triton(a[i], b[i], cost, eps, max_iter, tol)
+        ids = bad.nonzero()[:, 0]
+        for done in torch.unique(n_iter[ids]).tolist():  # one call per iteration count run
+            i = ids[n_iter[ids] == done]
+            fi, gi, ni, ei = sinkhorn_log_triton(a[i], b[i], cost, eps, max(max_iter - done, 1),
+                                                 tol, g[i].contiguous())
+            f[i], g[i], n_iter[i], err[i] = fi, gi, ni + done, ei
     return f, g, n_iter, err
 
 
@@ -169,7 +167,7 @@ def sinkhorn_scaling_reference(a, b, cost, eps, max_iter, tol):
 
 _dispatch.register_backends(
     OP_SCALING, reference=sinkhorn_scaling_reference, cpu=sinkhorn_scaling_cpu,
-    triton=sinkhorn_scaling_triton, supports={"triton": _triton_supports},
+    triton=sinkhorn_scaling_triton, supports={"triton": _triton_scaling_supports},
 )
 
 
@@ -184,6 +182,10 @@ def sinkhorn_values(
     with ``return_plan`` (else a 0-size tensor; backward forms it if it needs it). The plan is
     an output without gradient.
     """
+    if return_plan or not factorized:
+        B, n, m = a.shape[0], a.shape[1], b.shape[1]
+        _checks.fits(f"the ({B}, {n}, {m}) transport plan", B * n * m * a.element_size(),
+                     a.device)
     if factorized:
         transport, objective = values_factorized(a, b, cost, f, g, eps)
         plan = plan_from_potentials(a, b, cost, f, g, eps) if return_plan else a.new_empty(0)

@@ -13,6 +13,8 @@ The system is solved through its Schur complement on the smaller side (m x m for
 S = diag(c) - P^T diag(1/r) P, which is PSD with null space 1; adding 1 1^T on the support
 fixes the gauge. Zero-mass rows (columns) decouple; their adjoint is the limit a_i -> 0,
 z_i = sum_j q_ij (C_ij/eps - z_g,j) with q_i the conditional plan row softmax_j((g_j - C_ij)/eps).
+Masses below the dtype's smallest normal number (``torch.finfo(dtype).tiny``: 1.2e-38 in
+float32, e.g. from a confident softmax) take that zero-mass limit too: 1/r would overflow.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ def _solve_spd(S: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
 def _adjoint_rows_eliminated(P, C, eps, sup_a, sup_b, f, g):
     """Adjoint (z_f, z_g) of <P, C>, eliminating the row block (cheap when m <= n)."""
     r, c = P.sum(-1), P.sum(-2)
-    inv_r = torch.where(sup_a, 1 / torch.where(sup_a, r, 1), 0)
+    inv_r = torch.where(sup_a, 1 / torch.where(sup_a, r, 1).clamp_min(torch.finfo(P.dtype).tiny), 0)
     PC = P * C
     wf, wg = PC.sum(-1) / eps, PC.sum(-2) / eps
     Q = P * inv_r.sqrt()[:, :, None]  # S = diag(c) - Q^T Q with Q = diag(1/r)^(1/2) P
@@ -69,7 +71,8 @@ def sinkhorn_adjoint(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Adjoint (z_f, z_g) of <plan, C> (an opaque op: its zero-mass branch reads values)."""
     C = cost.expand_as(plan)
-    sup_a, sup_b = a > 0, b > 0
+    tiny = torch.finfo(plan.dtype).tiny  # subnormal masses: the zero-mass limit (module doc)
+    sup_a, sup_b = a >= tiny, b >= tiny
     if plan.shape[-1] <= plan.shape[-2]:
         zf, zg = _adjoint_rows_eliminated(plan, C, eps, sup_a, sup_b, f, g)
     else:

@@ -50,14 +50,10 @@ def div_cpu(w, den, x_old, x_new, with_err):
     err = torch.empty(B, dtype=w.dtype)
     bad = torch.empty(B, dtype=torch.uint8)
     lo, hi = SAFE_RANGE[w.dtype]
-    any_bad = _ext._C.scaling_div(_DTYPE_NAMES[w.dtype], w.data_ptr(), den.data_ptr(),
-                                  x_old.data_ptr(), x_new.data_ptr(), B, length, with_err,
-                                  err.data_ptr(), bad.data_ptr(), lo, hi,
-                                  torch.get_num_threads())
+    any_bad = _ext.call("scaling_div", w.dtype, _ext.src(w, B, length), _ext.src(den, B, length),
+                        _ext.src(x_old, B, length), _ext.dst(x_new, B, length), B, length,
+                        with_err, _ext.dst(err, B), _ext.dst(bad, B, dtype=torch.uint8), lo, hi)
     return (err if with_err else None), (bad.bool() if any_bad else None)
-
-
-_DTYPE_NAMES = {torch.float32: "float32", torch.float64: "float64"}
 
 
 def scaling_range(cost: torch.Tensor, eps: float) -> float:

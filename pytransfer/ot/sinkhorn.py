@@ -67,6 +67,8 @@ def _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs):
     if cost.dim() == 3 and cost.shape[0] != a.shape[0]:
         raise ValueError(
             f"cost batch {cost.shape[0]} must equal the batch of a and b ({a.shape[0]})")
+    if a.dim() == 2 and a.shape[0] == 0:
+        raise ValueError("a and b hold no problems (batch size 0)")
     if check_inputs:
         for name, x in (("a", a), ("b", b), ("cost", cost)):
             _checks.finite(name, x)
@@ -84,6 +86,7 @@ def _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs):
                 f"a and b must have equal total mass per problem (relative gap {float(gap):.2e} "
                 f"> {rtol:.0e}); normalise them or use unbalanced OT"
             )
+    _checks.entropic_scale(eps, cost, check_inputs)
     return device
 
 

@@ -1,0 +1,264 @@
+"""The extension boundary (issue 15, hardening 1-2): every call to pytransfer._C goes through
+``_ext.call``, which checks each buffer, keeps contiguous copies alive for the call and passes
+the thread count; every binding gives the same result on non-contiguous inputs."""
+
+import ctypes
+
+import numpy as np
+import pytest
+import torch
+
+from pytransfer import _ext
+from pytransfer.free_energy import _ops as gibbs_ops
+from pytransfer.free_energy.reference import gibbs_moments_reference, gibbs_weights_reference
+from pytransfer.mmd import _ops as mmd_ops
+from pytransfer.mmd.reference import mmd_linear_reference, mmd_quadratic_reference
+from pytransfer.mmd.spec import centered_sq
+from pytransfer.ot import _ops as ot_ops
+from pytransfer.ot import scaling
+from pytransfer.ot.reference import sinkhorn_log_reference
+
+pytestmark = pytest.mark.skipif(_ext.unavailable() is not None, reason="no compiled extension")
+
+
+def _strided(x: torch.Tensor) -> torch.Tensor:
+    """x's values in a non-contiguous layout (every other element of a wider buffer)."""
+    wide = torch.full((*x.shape[:-1], 2 * x.shape[-1]), float("nan"), dtype=x.dtype)
+    wide[..., ::2] = x
+    out = wide[..., ::2]
+    assert not out.is_contiguous()
+    return out
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+def _problem():
+    g = _gen(1)
+    a = torch.rand(3, 5, dtype=torch.float64, generator=g) + 0.1
+    b = torch.rand(3, 4, dtype=torch.float64, generator=g) + 0.1
+    a, b = a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True)
+    return a, b, torch.rand(1, 5, 4, dtype=torch.float64, generator=g)
+
+
+class _Recorder:
+    """Stands in for pytransfer._C: reads every pointer argument's memory when called (after
+    allocating look-alike buffers, which reuse any block freed before the call)."""
+
+    def __init__(self, n):
+        self.n, self.seen, self.args = n, [], None
+
+    def probe(self, dtype, *args):
+        junk = [torch.full((self.n,), -7.0, dtype=torch.float64) for _ in range(8)]
+        self.args = args
+        self.seen = [np.ctypeslib.as_array((ctypes.c_double * self.n).from_address(p)).copy()
+                     for p in args[:-1] if p]
+        del junk
+
+
+def test_call_keeps_contiguous_copies_alive(monkeypatch):
+    x = _strided(torch.arange(64, dtype=torch.float64))
+    rec = _Recorder(64)
+    monkeypatch.setattr(_ext, "_C", rec)
+    _ext.call("probe", torch.float64, _ext.src(x, 64), _ext.src(None, 3))
+    np.testing.assert_array_equal(rec.seen[0], np.arange(64.0))
+    assert rec.args[1] == 0  # an absent optional input is a null pointer
+    assert rec.args[-1] == torch.get_num_threads()
+
+
+@pytest.mark.parametrize(("args", "error", "match"), [
+    ((_ext.src(torch.zeros(3), 3),), TypeError, "dtype torch.float32"),
+    ((_ext.src(torch.zeros(3, dtype=torch.float64), 4),), ValueError, r"shape \(3,\)"),
+    ((_ext.dst(torch.zeros(3, 2, dtype=torch.float64).T, 2, 3),), ValueError, "not contiguous"),
+    ((_ext.dst(None, 3),), ValueError, "None"),
+    ((torch.zeros(3, dtype=torch.float64),), TypeError, "bare tensor"),
+    ((_ext.src(torch.zeros(3, dtype=torch.float64, device="meta"), 3),), ValueError, "meta"),
+])
+def test_call_refuses_what_the_kernel_would_misread(monkeypatch, args, error, match):
+    monkeypatch.setattr(_ext, "_C", _Recorder(3))
+    with pytest.raises(error, match=match):
+        _ext.call("probe", torch.float64, *args)
+
+
+def test_call_names_supported_dtypes_only():
+    with pytest.raises(TypeError, match="float32 or float64"):
+        _ext.call("sinkhorn_log", torch.float16)
+
+
+# ---------------------------------------------------------------- every binding, strided
+def _sinkhorn_log():
+    a, b, C = _problem()
+    g0 = torch.rand(3, 4, dtype=torch.float64, generator=_gen(2)) * 0.1
+    want = sinkhorn_log_reference(a, b, C, 0.3, 200, 1e-12, g0)
+    got = ot_ops.sinkhorn_log_cpu(_strided(a), _strided(b), _strided(C), 0.3, 200, 1e-12,
+                                  _strided(g0))
+    return got, want
+
+
+def _sinkhorn_scaling():
+    a, b, C = _problem()
+    want = ot_ops.scaling_cpu_with_flags(a, b, C, 0.3, 200, 1e-12)
+    got = ot_ops.scaling_cpu_with_flags(_strided(a), _strided(b), _strided(C), 0.3, 200, 1e-12)
+    return got, want
+
+
+def _scaling_div():
+    g = _gen(3)
+    w, den, x_old = (torch.rand(3, 5, dtype=torch.float64, generator=g) + 0.5 for _ in range(3))
+    want_new, got_new = torch.empty_like(w), torch.empty_like(w)
+    want = scaling.div_cpu(w, den, x_old, want_new, True)
+    got = scaling.div_cpu(_strided(w), _strided(den), _strided(x_old), got_new, True)
+    return (got[0], got_new), (want[0], want_new)
+
+
+def _mmd_inputs(n=6, d=5):
+    g = _gen(4)
+    xs = torch.randn(n, d, dtype=torch.float64, generator=g)
+    xt = torch.randn(n, d, dtype=torch.float64, generator=g) + 0.5
+    gammas = torch.tensor([0.05, 0.1, 0.2], dtype=torch.float64)
+    w = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    return xs, xt, gammas, w, torch.tensor([0, 1, 1], dtype=torch.int32)
+
+
+def _mmd_linear_fwd():
+    xs, xt, gam, w, sq = _mmd_inputs()
+    got = mmd_ops.mmd_linear_fwd_cpu(_strided(xs), _strided(xt), _strided(gam), _strided(w), sq)
+    return got[0], mmd_linear_reference(xs, xt, gam, w)[1]
+
+
+def _mmd_linear_bwd():
+    xs, xt, gam, w, sq = _mmd_inputs()
+    _, coef = mmd_ops.mmd_linear_fwd_cpu(xs, xt, gam, w, sq)
+    grad = torch.tensor(1.5, dtype=torch.float64)
+    want = mmd_ops.mmd_linear_bwd_cpu(xs, xt, coef, grad)
+    return mmd_ops.mmd_linear_bwd_cpu(_strided(xs), _strided(xt), _strided(coef), grad), want
+
+
+def _mmd_tile():
+    xs, xt, gam, w, sq = _mmd_inputs()
+    got = mmd_ops.mmd_quadratic_fwd_cpu(_strided(xs), _strided(xt), _strided(gam), _strided(w),
+                                        sq)
+    return got, mmd_quadratic_reference(xs, xt, gam, w)[1]
+
+
+def _mmd_moments():
+    xs, xt, *_ = _mmd_inputs()
+    x = torch.cat([xs, xt])
+    return centered_sq(_strided(xs), _strided(xt)), (x - x.mean(0)).square().sum()
+
+
+def _gibbs_inputs():
+    g = _gen(5)
+    H = torch.randn(4, 6, dtype=torch.float64, generator=g)
+    q = torch.randn(4, 6, dtype=torch.float64, generator=g)
+    f = torch.randn(4, 6, 3, dtype=torch.float64, generator=g)
+    return H, q, f
+
+
+def _gibbs_weights_fwd():
+    H, q, _ = _gibbs_inputs()
+    return gibbs_ops._cpu_weights_fwd(_strided(H), _strided(q)), gibbs_weights_reference(H, q)
+
+
+def _gibbs_weights_bwd():
+    H, q, _ = _gibbs_inputs()
+    lw = gibbs_weights_reference(H, q)
+    return gibbs_ops._cpu_weights_bwd(_strided(H), _strided(lw)), \
+        gibbs_ops._cpu_weights_bwd(H, lw)
+
+
+def _gibbs_moments_fwd():
+    H, q, f = _gibbs_inputs()
+    w = gibbs_weights_reference(H, q).exp()
+    return gibbs_ops._cpu_moments_fwd(_strided(w), _strided(f)), gibbs_moments_reference(w, f)
+
+
+def _gibbs_moments_bwd():
+    H, q, f = _gibbs_inputs()
+    w = gibbs_weights_reference(H, q).exp()
+    m = gibbs_moments_reference(w, f)[0]
+    gm, gc = torch.randn(4, 3, dtype=torch.float64), torch.randn(4, 3, 3, dtype=torch.float64)
+    want = gibbs_ops._cpu_moments_bwd(w, f, m, gm, gc)
+    got = gibbs_ops._cpu_moments_bwd(_strided(w), _strided(f), _strided(m), _strided(gm),
+                                     _strided(gc))
+    return got, want
+
+
+BINDINGS = {
+    "sinkhorn_log": _sinkhorn_log, "sinkhorn_scaling": _sinkhorn_scaling,
+    "scaling_div": _scaling_div, "mmd_linear_fwd": _mmd_linear_fwd,
+    "mmd_linear_bwd": _mmd_linear_bwd, "mmd_tile": _mmd_tile, "mmd_moments": _mmd_moments,
+    "gibbs_weights_fwd": _gibbs_weights_fwd, "gibbs_weights_bwd": _gibbs_weights_bwd,
+    "gibbs_moments_fwd": _gibbs_moments_fwd, "gibbs_moments_bwd": _gibbs_moments_bwd,
+}
+
+
+@pytest.mark.parametrize("name", sorted(BINDINGS))
+def test_binding_takes_non_contiguous_inputs(name):
+    got, want = BINDINGS[name]()
+    for x, y in zip(got if isinstance(got, tuple) else (got,),
+                    want if isinstance(want, tuple) else (want,), strict=True):
+        torch.testing.assert_close(x, y.to(x.dtype), rtol=1e-10, atol=1e-12)
+
+
+def test_every_binding_of_this_package_is_covered():
+    import pytransfer._C as C
+
+    mine = {n for n in dir(C) if n.startswith(("sinkhorn_log", "sinkhorn_scaling", "scaling_",
+                                               "mmd_", "gibbs_"))}
+    assert mine == set(BINDINGS)
+
+
+def test_no_raw_pointer_left_in_python_wrappers():
+    """Every wrapper calls the extension through ``_ext.call`` (no data_ptr of a temporary)."""
+    import pathlib
+    import re
+
+    import pytransfer
+
+    root = pathlib.Path(pytransfer.__file__).parent
+    raw = re.compile(r"(?<!\w)_C\.\w+\(|\.data_ptr\(\)")
+    offenders = {str(p.relative_to(root)): raw.findall(p.read_text()) for p in root.rglob("*.py")
+                 if p.name != "_ext.py"}
+    # MINRES compares two buffers' addresses (no extension call)
+    assert {k: v for k, v in offenders.items() if v} == {
+        "free_energy/operator.py": [".data_ptr()", ".data_ptr()"]}
+
+
+# ---------------------------------------------------------------- threads (hardening 2)
+@pytest.mark.parametrize("name", ["gibbs_weights_fwd", "gibbs_weights_bwd", "gibbs_moments_fwd",
+                                  "gibbs_moments_bwd"])
+def test_gibbs_kernels_take_the_thread_count(monkeypatch, name):
+    calls = []
+    real = _ext.call
+
+    def spy(fn, dtype, *args, **kw):
+        calls.append((fn, kw))
+        return real(fn, dtype, *args, **kw)
+
+    monkeypatch.setattr(_ext, "call", spy)
+    BINDINGS[name]()
+    assert calls and all(fn.startswith("gibbs_") and kw.get("threads", True)
+                         for fn, kw in calls)
+    n_args = {"gibbs_weights_fwd": 7, "gibbs_weights_bwd": 7, "gibbs_moments_fwd": 9,
+              "gibbs_moments_bwd": 12}[name]
+    import pytransfer._C as C
+
+    assert f"arg{n_args - 1}" in getattr(C, name).__doc__  # the binding's last arg: threads
+
+
+def test_gibbs_results_identical_at_1_and_2_threads():
+    H, q, f = _gibbs_inputs()
+    H, q, f = (torch.cat([x] * 40) for x in (H, q, f))  # enough rows to split
+    before = torch.get_num_threads()
+    out = []
+    try:
+        for t in (1, 2):
+            torch.set_num_threads(t)
+            lw = gibbs_ops._cpu_weights_fwd(H, q)
+            out.append((lw, *gibbs_ops._cpu_moments_fwd(lw.exp(), f)))
+    finally:
+        torch.set_num_threads(before)
+    for x, y in zip(*out, strict=True):
+        assert torch.equal(x, y)
