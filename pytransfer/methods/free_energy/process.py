@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from pytransfer import _checks
-from pytransfer.free_energy import GibbsOperator
+from pytransfer.free_energy import GibbsOperator, floor_multiplier
 from pytransfer.methods.free_energy.checkpoint import resume, save_checkpoint
 from pytransfer.methods.free_energy.config import RULES, VARIANTS, ProcessConfig, ProcessState
 from pytransfer.methods.free_energy.equilibrium import equilibrate
@@ -90,8 +90,8 @@ def iso_classification(model, data: tuple[torch.Tensor, torch.Tensor], lam: floa
             dC_dg = (op.functionals(lam_, gam_ + h).C - op.functionals(lam_, gam_ - h).C) / (2 * h)
             lam_dot, gamma_dot = -cfg.alpha * dC_dg, cfg.alpha * dC_dl
             extra = {"dC_dlambda": dC_dl, "dC_dgamma": dC_dg}
-        state.lam = max(state.lam + dt * lam_dot, 1e-6)
-        state.gamma = max(state.gamma + dt * gamma_dot, 1e-6)
+        state.lam = floor_multiplier("lambda", state.lam + dt * lam_dot)
+        state.gamma = floor_multiplier("gamma", state.gamma + dt * gamma_dot)
         if cfg.equil_steps:
             equilibrate(model, data, state.lam, state.gamma, steps=cfg.equil_steps,
                         lr=cfg.equil_lr, batch_size=cfg.batch_size, optimizer=opt,
@@ -222,8 +222,8 @@ def transfer(model, source: tuple[torch.Tensor, torch.Tensor],
                            weights=cfg.weights, data_weights=pi.clamp_min(1e-12))
         step = transfer_rates(op, path, state.t, cfg, rule)
         _move(model, dt * step["theta_dot"])
-        state.lam = max(state.lam + dt * step["lam_dot"], 1e-6)
-        state.gamma = max(state.gamma + dt * step["gamma_dot"], 1e-6)
+        state.lam = floor_multiplier("lambda", state.lam + dt * step["lam_dot"])
+        state.gamma = floor_multiplier("gamma", state.gamma + dt * step["gamma_dot"])
         state.step += 1
         state.t = state.step * dt
         if cfg.equil_steps:
