@@ -109,3 +109,22 @@ def transfer_task(task: str, labels: int, seed: int = 0, unlabelled: float = 0.5
                                               unlabelled)
     return TransferTask(task, torch.as_tensor(x[src], dtype=dtype), torch.as_tensor(ys), xt,
                         yt, xu, x_test, y_test, int(ys.max()) + 1, int(yt_all.max()) + 1)
+
+
+def task_from_dataset(x: torch.Tensor, y: torch.Tensor, labels: int, seed: int = 0,
+                      name: str = "data", unlabelled: float = 0.5) -> TransferTask:
+    """A transfer task from one labelled data set: inputs flattened to vectors, the classes
+    present sorted and cut in two halves, the first half the source (every sample), the second
+    the target (split by :func:`split_target`); labels renumbered 0..L-1 on each side."""
+    classes = torch.unique(y)
+    if len(classes) < 2:
+        raise ValueError(f"the data has {len(classes)} class(es); a transfer task needs >= 2")
+    x = x.reshape(len(x), -1).float()
+    half = len(classes) // 2
+    remap = torch.full((int(classes.max()) + 1,), -1, dtype=torch.int64)
+    remap[classes[:half]] = torch.arange(half)
+    remap[classes[half:]] = torch.arange(len(classes) - half)
+    src = torch.isin(y, classes[:half])
+    xt, yt, xu, x_test, y_test = split_target(x[~src], remap[y[~src]], labels, seed, unlabelled)
+    return TransferTask(name, x[src], remap[y[src]], xt, yt, xu, x_test, y_test, half,
+                        len(classes) - half)

@@ -151,6 +151,25 @@ def new_run_dir(runs_root: str | Path, method: str) -> Path:
             k += 1
 
 
+def resolve_run_dir(out: str | Path | None, method: str, resume: bool,
+                    runs_root: str | Path = "runs") -> Path:
+    """The run folder of a command: ``out`` (checked: a non-empty folder needs ``resume``), or
+    a new ``<runs_root>/<method>-<timestamp>``, created by rank 0 and shared with every rank."""
+    rank, world = _dist_group()
+    if out is not None:
+        path = Path(out)
+        check_run_dir(path, resume)
+        return path
+    path = new_run_dir(runs_root, method) if rank == 0 else None
+    if world > 1:
+        import torch.distributed as dist
+
+        box = [path]
+        dist.broadcast_object_list(box, src=0)
+        path = box[0]
+    return path
+
+
 def check_run_dir(path: Path, resume: bool) -> None:
     """Refuse to write into a non-empty folder unless resuming (nothing is ever deleted)."""
     if path.exists() and not path.is_dir():

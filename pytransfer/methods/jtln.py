@@ -303,13 +303,18 @@ def target_accuracy(model: JTLN, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def train(task: TransferTask, cfg: JTLNConfig, *, run_dir: str | Path | None = None,
           resume: bool = False, progress: Progress | None = None, eval_every: int = 0,
-          device: str | torch.device = "cpu") -> tuple[JTLN, TrainResult]:
+          device: str | torch.device = "cpu",
+          cost: torch.Tensor | None = None) -> tuple[JTLN, TrainResult]:
     """Train ``cfg.method`` on ``task``; records hold the loss terms and, every
-    ``eval_every`` steps and at the end, ``test_acc`` (target test accuracy)."""
+    ``eval_every`` steps and at the end, ``test_acc`` (target test accuracy). ``cost``: a
+    precomputed :func:`class_cost` for ``cfg`` (computed here when None)."""
     cfg.check()
     device = torch.device(device)
     task = TransferTask(*(v.to(device) if isinstance(v, torch.Tensor) else v for v in task))
-    cost = class_cost(task, cfg) if cfg.method == "jtln" and cfg.alpha > 0 else None
+    if cfg.method == "jtln" and cfg.alpha > 0:
+        cost = class_cost(task, cfg) if cost is None else cost.to(device, task.xs.dtype)
+    else:
+        cost = None
     torch.manual_seed(cfg.seed)
     model = JTLN(task.xs.shape[1], task.num_source, task.num_target, cfg.hidden).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
