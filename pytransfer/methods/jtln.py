@@ -32,7 +32,9 @@ the same seeded random initialisation and runs the same number of steps.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -204,11 +206,19 @@ def normalise_cost(cost: torch.Tensor, how: str | None) -> torch.Tensor:
     raise ValueError(f"normalise must be one of {NORMALISE}, got {how!r}")
 
 
-def class_cost(task: TransferTask, cfg: JTLNConfig) -> torch.Tensor:
-    """The (Ls, Lt) class-pair cost of ``cfg.cost`` on pre-trained source features of the
-    source set and the labelled target set, normalised per ``cfg.normalise``."""
-    feats = pretrain_source_features(task.xs, task.ys, cfg.pretrain_steps, hidden=cfg.hidden,
-                                     seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size)
+def source_features(task: TransferTask, cfg: JTLNConfig) -> Callable:
+    """:func:`pretrain_source_features` with ``cfg``'s settings (depends on the source set and
+    ``cfg.seed`` only, so it can be shared by every label count and cost)."""
+    return pretrain_source_features(task.xs, task.ys, cfg.pretrain_steps, hidden=cfg.hidden,
+                                    seed=cfg.seed, lr=cfg.lr, batch_size=cfg.batch_size)
+
+
+def class_cost(task: TransferTask, cfg: JTLNConfig,
+               features: Callable | None = None) -> torch.Tensor:
+    """The (Ls, Lt) class-pair cost of ``cfg.cost`` on pre-trained source features (of
+    :func:`source_features` unless given) of the source set and the labelled target set,
+    normalised per ``cfg.normalise``."""
+    feats = source_features(task, cfg) if features is None else features
     fs, ft = feats(task.xs).double(), feats(task.xt).double()
     if cfg.cost == "mmd":
         weights = None
@@ -325,3 +335,44 @@ def train(task: TransferTask, cfg: JTLNConfig, *, run_dir: str | Path | None = N
                       evaluate=lambda m: {"test_acc": target_accuracy(m, task.x_test,
                                                                       task.y_test)})
     return model, trainer.fit(progress)
+
+
+#: the rows of the paper's Table 2: name -> settings over the base config
+TABLE2 = {
+    "target only": {"method": "target-only"},
+    "consecutive fine-tuning": {"method": "consecutive"},
+    "joint fine-tuning (no OT)": {"method": "joint"},
+    "JTLN (MK-MMD cost)": {"method": "jtln", "cost": "mmd"},
+    "JTLN (OT cost)": {"method": "jtln", "cost": "ot"},
+}
+
+
+def compare(task_names: Sequence[str], labels: Sequence[int], seeds: int, base: JTLNConfig, *,
+            rows: Mapping[str, Mapping] = TABLE2, eval_every: int = 0,
+            progress: Callable[[int], None] | None = None) -> list[dict]:
+    """Every row of ``rows`` on every task, label count and seed (seeds 0..seeds-1); the
+    source features of the class costs are trained once per task and seed. Returns one record
+    a run: task, labels, seed, row, test_acc, seconds, and its metrics (``curve``).
+    ``progress(steps)`` is called with the steps done after each step."""
+    from pytransfer.data.tasks import transfer_task
+
+    out = []
+    for name in task_names:
+        for seed in range(seeds):
+            feats = None
+            for n in labels:
+                task = transfer_task(name, n, seed)
+                for row, over in rows.items():
+                    cfg = dataclasses.replace(base, seed=seed, **over).check()
+                    t0 = time.perf_counter()
+                    cost = None
+                    if cfg.method == "jtln":
+                        if feats is None:
+                            feats = source_features(task, cfg)
+                        cost = class_cost(task, cfg, feats)
+                    hook = None if progress is None else (lambda s, t, r: progress(1))
+                    _, res = train(task, cfg, cost=cost, eval_every=eval_every, progress=hook)
+                    out.append({"task": name, "labels": n, "seed": seed, "row": row,
+                                "test_acc": res.final["test_acc"],
+                                "seconds": time.perf_counter() - t0, "curve": res.metrics})
+    return out
