@@ -232,7 +232,8 @@ def class_cost(task: TransferTask, cfg: JTLNConfig,
                               num_target_classes=task.num_target)
     else:
         scale = float(torch.cdist(fs, ft).pow(2).mean())
-        cost = class_pair_ot(fs, task.ys, ft, task.yt, eps=cfg.cost_eps * scale, p=2)
+        cost = class_pair_ot(fs, task.ys, ft, task.yt, eps=cfg.cost_eps * scale, p=2,
+                             debias=False)  # the paper's <gamma_0, C>
     return normalise_cost(cost, cfg.normalise).to(task.xs.dtype)
 
 
