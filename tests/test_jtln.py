@@ -165,3 +165,25 @@ def test_task_from_dataset_halves_the_sorted_classes():
     assert len(torch.unique(rows, dim=0)) == len(y)  # every sample once
     src_first = x.reshape(len(y), -1)[torch.isin(y, torch.tensor([3, 5]))]
     assert torch.equal(t.xs, src_first)
+
+
+def test_jtln_killed_and_resumed_equals_uninterrupted(tmp_path):
+    cfg = JTLNConfig(steps=10, batch_size=16, hidden=16, pretrain_steps=3, ot_inputs="target")
+
+    class Kill(Exception):
+        pass
+
+    def killer(step, total, record):
+        if step == 7:
+            raise Kill
+
+    ref_model, ref = train(_tiny_task(), cfg, run_dir=tmp_path / "a", checkpoint_every=3,
+                           eval_every=5)
+    with pytest.raises(Kill):
+        train(_tiny_task(), cfg, run_dir=tmp_path / "b", checkpoint_every=3, eval_every=5,
+              progress=killer)
+    model, res = train(_tiny_task(), cfg, run_dir=tmp_path / "b", checkpoint_every=3,
+                       eval_every=5, resume=True)
+    assert res.metrics == ref.metrics and len(res.metrics) == 10
+    for p, q in zip(ref_model.parameters(), model.parameters()):
+        assert torch.equal(p, q)
