@@ -194,13 +194,17 @@ def plot_rd_plane(records: dict[str, list[dict]], out: str | Path,
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4.5))
+    starts = set()
     for label, recs in records.items():
         R, D = [r["R"] for r in recs], [r["D"] for r in recs]
         line, = ax.plot(R, D, "o-", ms=4, label=label)
-        ax.annotate(f"t={recs[0]['t']:g}", (R[0], D[0]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8, color=line.get_color())
-        ax.annotate(f"t={recs[-1]['t']:g}", (R[-1], D[-1]), textcoords="offset points",
-                    xytext=(6, 4), fontsize=8, color=line.get_color())
+        ends = [(recs[-1]["t"], R[-1], D[-1])]
+        if (R[0], D[0]) not in starts:  # processes from one model share their start
+            starts.add((R[0], D[0]))
+            ends.append((recs[0]["t"], R[0], D[0]))
+        for t, r, d in ends:
+            ax.annotate(f"t={t:g}", (r, d), textcoords="offset points", xytext=(6, 4),
+                        fontsize=8, color=line.get_color())
     ax.set(xlabel="rate R", ylabel="distortion D",
            title="free-energy iso-classification: R-D plane")
     ax.grid(alpha=0.3)
