@@ -26,4 +26,14 @@ void sinkhorn_scaling_cpu(const T* a, const T* b, const T* cost, int64_t B, int6
                           T eps, int64_t max_iter, T tol, T lo, T hi, T* f, T* g,
                           int64_t* n_iter, T* err, uint8_t* absorbed, int threads);
 
+// Scaling form over blocks of W problems sharing K (issue 13, csrc/sinkhorn_block_cpu.cpp):
+// the outputs of sinkhorn_scaling_cpu (same iterates, stopping rule and absorption), plus the
+// values transport[p] = <P, C>, objective[p] = <P, C> + eps KL(P || a b^T) and the potentials
+// centred on the supports fc (B, n), gc (B, m) (the dual gradients), unless transport is nullptr.
+template <typename T>
+void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
+                        T eps, int64_t max_iter, T tol, T lo, T hi, T* f, T* g, int64_t* n_iter,
+                        T* err, uint8_t* absorbed, T* transport, T* objective, T* fc, T* gc,
+                        int threads);
+
 }  // namespace pytransfer

@@ -1,0 +1,118 @@
+"""The blocked scaling-form kernel (issue 13): one C++ call per solve for a shared cost.
+
+``csrc/sinkhorn_block_cpu.cpp`` iterates u = a / (K v), v = b / (K^T u) for blocks of 16
+(float32) / 8 (float64) problems per load of K, with per-problem exit and absorption into the
+log domain (the iterates, stopping rule and outputs of ``pytransfer.ot.scaling``), and returns
+the values <P, C> and <P, C> + eps KL(P || a b^T) as by-products.
+
+``pytransfer::sinkhorn_block_cpu`` is the solver (the scaling op's CPU backend);
+``pytransfer::sinkhorn_dual_cpu`` is the whole ``grad="dual"`` forward in one op, whose
+backward is JTLN eq. 11: the centred potentials, returned by the forward.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from pytransfer import _ext
+from pytransfer.ot import implicit, scaling
+from pytransfer.ot.reference import plan_from_potentials
+
+_DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+
+
+def solve(a, b, cost, eps, max_iter, tol, values=False):
+    """(f, g, n_iter, err, absorbed, transport, objective, f centred, g centred) of the C++
+    kernel for contiguous float32/float64 a (B, n), b (B, m), cost (1, n, m); the last four
+    only with ``values`` (else None); ``absorbed`` marks problems that finished in the log
+    domain."""
+    B, n = a.shape
+    f, g = torch.empty_like(a), torch.empty_like(b)
+    n_iter = torch.empty(B, dtype=torch.int64)
+    err = a.new_empty(B)
+    absorbed = torch.empty(B, dtype=torch.uint8)
+    transport = objective = fc = gc = None
+    if values:
+        transport, objective = a.new_empty(B), a.new_empty(B)
+        fc, gc = torch.empty_like(a), torch.empty_like(b)
+    lo, hi = scaling.SAFE_RANGE[a.dtype]
+    _ext._C.sinkhorn_block(
+        _DTYPES[a.dtype], a.data_ptr(), b.data_ptr(), cost.data_ptr(), B, n, b.shape[1], eps,
+        max_iter, tol, lo, hi, f.data_ptr(), g.data_ptr(), n_iter.data_ptr(), err.data_ptr(),
+        absorbed.data_ptr(), 0 if transport is None else transport.data_ptr(),
+        0 if objective is None else objective.data_ptr(), 0 if fc is None else fc.data_ptr(),
+        0 if gc is None else gc.data_ptr(), torch.get_num_threads())
+    return f, g, n_iter, err, absorbed.bool(), transport, objective, fc, gc
+
+
+@torch.library.custom_op("pytransfer::sinkhorn_block_cpu", mutates_args=())
+def sinkhorn_block_cpu(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scaling form, shared cost (1, n, m): (f, g, n_iter, err) in one C++ call."""
+    a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
+    return solve(a, b, cost, eps, max_iter, tol)[:4]
+
+
+@sinkhorn_block_cpu.register_fake
+def _(a, b, cost, eps, max_iter, tol):
+    B = a.shape[0]
+    return (torch.empty_like(a), torch.empty_like(b), a.new_empty((B,), dtype=torch.int64),
+            a.new_empty((B,)))
+
+
+@torch.library.custom_op("pytransfer::sinkhorn_dual_cpu", mutates_args=())
+def sinkhorn_dual_cpu(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
+           torch.Tensor, torch.Tensor]:
+    """(transport_cost, objective, f, g, n_iter, err, f centred, g centred) for a shared cost
+    (1, n, m), the whole ``grad="dual"`` forward in one C++ call; differentiable in the
+    values only (JTLN eq. 11; the potentials are constants)."""
+    a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
+    f, g, n_iter, err, _, transport, objective, fc, gc = solve(a, b, cost, eps, max_iter, tol,
+                                                               True)
+    return transport, objective, f, g, n_iter, err, fc, gc
+
+
+@sinkhorn_dual_cpu.register_fake
+def _(a, b, cost, eps, max_iter, tol):
+    B = a.shape[0]
+    return (a.new_empty((B,)), a.new_empty((B,)), torch.empty_like(a), torch.empty_like(b),
+            a.new_empty((B,), dtype=torch.int64), a.new_empty((B,)), torch.empty_like(a),
+            torch.empty_like(b))
+
+
+def _setup_context(ctx, inputs, output):
+    a, b, cost, eps, *_ = inputs
+    ctx.mark_non_differentiable(*output[2:])
+    ctx.set_materialize_grads(False)
+    ctx.save_for_backward(a, b, cost, output[2], output[3], output[6], output[7])
+    ctx.eps = eps
+
+
+def _backward(ctx, grad_transport, grad_objective, *_):
+    """d<P,C>/da = f centred (eq. 11), /db = g centred, /dC = P; the objective's envelope
+    gradient (f - eps log a centred, ..., P) when it is used."""
+    a, b, cost, f, g, fc, gc = ctx.saved_tensors
+    need_a, need_b, need_C = ctx.needs_input_grad[:3]
+    grad_a = grad_b = grad_C = None
+    wt = grad_transport[:, None] if grad_transport is not None else None
+    if need_a and wt is not None:
+        grad_a = wt * fc
+    if need_b and wt is not None:
+        grad_b = wt * gc
+    w_plan = wt
+    if grad_objective is not None:
+        wo = grad_objective[:, None]
+        ga_o, gb_o, _ = implicit.objective_vjp(a, b, f, g, None, ctx.eps)
+        grad_a = (wo * ga_o if grad_a is None else grad_a + wo * ga_o) if need_a else None
+        grad_b = (wo * gb_o if grad_b is None else grad_b + wo * gb_o) if need_b else None
+        w_plan = wo if w_plan is None else w_plan + wo
+    if need_C and w_plan is not None:
+        plan = plan_from_potentials(a, b, cost, f, g, ctx.eps)
+        grad_C = (w_plan[:, :, None] * plan).sum(0, keepdim=True)
+    return grad_a, grad_b, grad_C, None, None, None
+
+
+sinkhorn_dual_cpu.register_autograd(_backward, setup_context=_setup_context)
