@@ -283,6 +283,39 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
   }
 }
 
+// The value checks of sinkhorn(check_inputs=True) in one pass over a, b and cost: every entry
+// finite, weights >= 0, every problem's masses > 0 and equal within rtol (relative, in double).
+// Returns whether all hold; *span = max C - min C (the exponent range of K times eps).
+template <typename T>
+bool sinkhorn_check(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
+                    int64_t cost_count, double rtol, double* span) {
+  bool ok = true;
+  for (int64_t p = 0; p < B; ++p) {
+    double ma = 0, mb = 0;
+    bool good = true;
+    for (int64_t i = 0; i < n; ++i) {
+      const T x = a[p * n + i];
+      good &= std::isfinite(x) & (x >= 0);
+      ma += x;
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      const T x = b[p * m + j];
+      good &= std::isfinite(x) & (x >= 0);
+      mb += x;
+    }
+    ok &= good && ma > 0 && mb > 0 && std::abs(ma - mb) <= rtol * std::max(ma, mb);
+  }
+  T lo = cost[0], hi = cost[0];
+  bool finite = true;
+  for (int64_t k = 0; k < cost_count; ++k) {
+    finite &= std::isfinite(cost[k]);
+    lo = std::min(lo, cost[k]);
+    hi = std::max(hi, cost[k]);
+  }
+  *span = static_cast<double>(hi) - static_cast<double>(lo);
+  return ok && finite;
+}
+
 template void sinkhorn_block_cpu<float>(const float*, const float*, const float*, int64_t,
                                         int64_t, int64_t, float, int64_t, float, float, float,
                                         float*, float*, int64_t*, float*, uint8_t*, float*,
@@ -328,4 +361,26 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
       },
       "Scaling-form Sinkhorn over blocks of problems sharing K, with values "
       "(see csrc/sinkhorn_cpu.h)");
+  m.def(
+      "sinkhorn_check",
+      [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t cost,
+         int64_t B, int64_t n, int64_t m_, int64_t cost_count, double rtol) {
+        if (dtype != "float32" && dtype != "float64")
+          throw std::invalid_argument("sinkhorn_check: dtype must be float32 or float64");
+        double span = 0;
+        bool ok;
+        {
+          pybind11::gil_scoped_release nogil;
+          ok = dtype == "float32"
+                   ? pytransfer::sinkhorn_check<float>(ptr<const float>(a), ptr<const float>(b),
+                                                       ptr<const float>(cost), B, n, m_,
+                                                       cost_count, rtol, &span)
+                   : pytransfer::sinkhorn_check<double>(ptr<const double>(a),
+                                                        ptr<const double>(b),
+                                                        ptr<const double>(cost), B, n, m_,
+                                                        cost_count, rtol, &span);
+        }
+        return pybind11::make_tuple(ok, span);
+      },
+      "One-pass value checks of sinkhorn's inputs: (all valid, max C - min C)");
 }

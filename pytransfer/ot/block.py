@@ -5,9 +5,17 @@
 log domain (the iterates, stopping rule and outputs of ``pytransfer.ot.scaling``), and returns
 the values <P, C> and <P, C> + eps KL(P || a b^T) as by-products.
 
-``pytransfer::sinkhorn_block_cpu`` is the solver (the scaling op's CPU backend);
+It is the CPU backend of the scaling op (``_ops.sinkhorn_scaling_cpu``), and
 ``pytransfer::sinkhorn_dual_cpu`` is the whole ``grad="dual"`` forward in one op, whose
 backward is JTLN eq. 11: the centred potentials, returned by the forward.
+
+Cost model (CPU, measured 1 thread, fp32, 20-100 iterations): the block kernel beats the
+batched GEMM loop at every B for K of up to 1716 elements (78 x 22: 2.5-3.2x at B = 256-4096)
+and for B >= 16 at 256 x 256 to 2048 x 512 (1.2-3.7x); it loses where most lanes idle on a
+large K (B = 1 at 1024 x 1024: 0.21x; B = 4: 0.81x; B = 1 at 256 x 256: 0.66x), where the
+GEMM loop's ~20 us of Python per iteration no longer matters. Hence ``use_gemm_loop``: the GEMM
+loop when K has >= ``GEMM_MIN_ELEMENTS`` entries and either at most a quarter of the lanes
+would be used or the blocks are fewer than the threads (so the threads would idle).
 """
 
 from __future__ import annotations
@@ -19,6 +27,28 @@ from pytransfer.ot import implicit, scaling
 from pytransfer.ot.reference import plan_from_potentials
 
 _DTYPES = {torch.float32: "float32", torch.float64: "float64"}
+#: problems per load of K (one 64-byte SIMD vector of scalings)
+LANES = {torch.float32: 16, torch.float64: 8}
+#: below this many entries of K the GEMM loop's per-iteration Python cost dominates
+GEMM_MIN_ELEMENTS = 1 << 16
+
+
+def use_gemm_loop(B: int, n: int, m: int, dtype: torch.dtype, threads: int) -> bool:
+    """Whether the batched GEMM loop is expected to beat the block kernel (see the module
+    doc for the measurements)."""
+    if n * m < GEMM_MIN_ELEMENTS:
+        return False
+    lanes = LANES[dtype]
+    return 4 * B <= lanes or -(-B // lanes) < threads
+
+
+def check(a, b, cost, rtol):
+    """One pass of the value checks over contiguous CPU float32/float64 a, b, cost: (all valid,
+    max C - min C). ``sinkhorn`` re-runs its torch checks for their messages when not valid."""
+    ok, span = _ext._C.sinkhorn_check(_DTYPES[a.dtype], a.data_ptr(), b.data_ptr(),
+                                      cost.data_ptr(), a.shape[0], a.shape[1], b.shape[1],
+                                      cost.numel(), rtol)
+    return ok, span
 
 
 def solve(a, b, cost, eps, max_iter, tol, values=False):
@@ -43,22 +73,6 @@ def solve(a, b, cost, eps, max_iter, tol, values=False):
         0 if objective is None else objective.data_ptr(), 0 if fc is None else fc.data_ptr(),
         0 if gc is None else gc.data_ptr(), torch.get_num_threads())
     return f, g, n_iter, err, absorbed.bool(), transport, objective, fc, gc
-
-
-@torch.library.custom_op("pytransfer::sinkhorn_block_cpu", mutates_args=())
-def sinkhorn_block_cpu(
-    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Scaling form, shared cost (1, n, m): (f, g, n_iter, err) in one C++ call."""
-    a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
-    return solve(a, b, cost, eps, max_iter, tol)[:4]
-
-
-@sinkhorn_block_cpu.register_fake
-def _(a, b, cost, eps, max_iter, tol):
-    B = a.shape[0]
-    return (torch.empty_like(a), torch.empty_like(b), a.new_empty((B,), dtype=torch.int64),
-            a.new_empty((B,)))
 
 
 @torch.library.custom_op("pytransfer::sinkhorn_dual_cpu", mutates_args=())
