@@ -249,8 +249,8 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
 template <typename T>
 void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
                         T eps, int64_t max_iter, T tol, T lo, T hi, T* f, T* g, int64_t* n_iter,
-                        T* err, uint8_t* absorbed, T* transport, T* objective, T* fc, T* gc,
-                        int threads) {
+                        T* err, uint8_t* absorbed, uint8_t* converged, T* transport, T* objective,
+                        T* fc, T* gc, int threads) {
   T cmin = cost[0];
   for (int64_t k = 0; k < n * m; ++k) cmin = std::min(cmin, cost[k]);
   std::vector<T> E(n * m), ET(m * n), EC(n * m);
@@ -272,6 +272,14 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks; ++c)
       solve_range(P, std::min(B, blocks * c / chunks * W), std::min(B, blocks * (c + 1) / chunks * W));
+    if (converged != nullptr) {
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < B; ++p) {
+        T mass = 0;
+        for (int64_t i = 0; i < n; ++i) mass += a[p * n + i];
+        converged[p] = err[p] <= tol * mass;
+      }
+    }
     if (transport != nullptr) {
       std::vector<T> work(2 * n + 2 * m);
 #pragma omp for schedule(static)
@@ -318,12 +326,12 @@ bool sinkhorn_check(const T* a, const T* b, const T* cost, int64_t B, int64_t n,
 
 template void sinkhorn_block_cpu<float>(const float*, const float*, const float*, int64_t,
                                         int64_t, int64_t, float, int64_t, float, float, float,
-                                        float*, float*, int64_t*, float*, uint8_t*, float*,
-                                        float*, float*, float*, int);
+                                        float*, float*, int64_t*, float*, uint8_t*, uint8_t*,
+                                        float*, float*, float*, float*, int);
 template void sinkhorn_block_cpu<double>(const double*, const double*, const double*, int64_t,
                                          int64_t, int64_t, double, int64_t, double, double,
                                          double, double*, double*, int64_t*, double*, uint8_t*,
-                                         double*, double*, double*, double*, int);
+                                         uint8_t*, double*, double*, double*, double*, int);
 
 }  // namespace pytransfer
 
@@ -340,8 +348,8 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
       [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t cost,
          int64_t B, int64_t n, int64_t m_, double eps, int64_t max_iter, double tol, double lo,
          double hi, std::uintptr_t f, std::uintptr_t g, std::uintptr_t n_iter, std::uintptr_t err,
-         std::uintptr_t absorbed, std::uintptr_t transport, std::uintptr_t objective,
-         std::uintptr_t fc, std::uintptr_t gc, int threads) {
+         std::uintptr_t absorbed, std::uintptr_t converged, std::uintptr_t transport,
+         std::uintptr_t objective, std::uintptr_t fc, std::uintptr_t gc, int threads) {
         if (dtype != "float32" && dtype != "float64")
           throw std::invalid_argument("sinkhorn_block: dtype must be float32 or float64");
         pybind11::gil_scoped_release nogil;
@@ -350,14 +358,14 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
               ptr<const float>(a), ptr<const float>(b), ptr<const float>(cost), B, n, m_,
               static_cast<float>(eps), max_iter, static_cast<float>(tol), static_cast<float>(lo),
               static_cast<float>(hi), ptr<float>(f), ptr<float>(g), ptr<int64_t>(n_iter),
-              ptr<float>(err), ptr<uint8_t>(absorbed), ptr<float>(transport),
-              ptr<float>(objective), ptr<float>(fc), ptr<float>(gc), threads);
+              ptr<float>(err), ptr<uint8_t>(absorbed), ptr<uint8_t>(converged),
+              ptr<float>(transport), ptr<float>(objective), ptr<float>(fc), ptr<float>(gc), threads);
         else
           pytransfer::sinkhorn_block_cpu<double>(
               ptr<const double>(a), ptr<const double>(b), ptr<const double>(cost), B, n, m_, eps,
               max_iter, tol, lo, hi, ptr<double>(f), ptr<double>(g), ptr<int64_t>(n_iter),
-              ptr<double>(err), ptr<uint8_t>(absorbed), ptr<double>(transport),
-              ptr<double>(objective), ptr<double>(fc), ptr<double>(gc), threads);
+              ptr<double>(err), ptr<uint8_t>(absorbed), ptr<uint8_t>(converged),
+              ptr<double>(transport), ptr<double>(objective), ptr<double>(fc), ptr<double>(gc), threads);
       },
       "Scaling-form Sinkhorn over blocks of problems sharing K, with values "
       "(see csrc/sinkhorn_cpu.h)");

@@ -37,10 +37,11 @@ def _solve(a, b, C, eps, max_iter, tol):
 def test_block_equals_log_and_reference(dtype, B, n, m, stop):
     tol = (1e-10 if dtype == torch.float64 else 1e-5) if stop else 0.0
     a, b, C = _problem(B, n, m, dtype, seed=n * m + B)
-    f, g, n_iter, err, absorbed, tc, obj, fc, gc = _solve(a, b, C, 0.08, 200, tol)
+    f, g, n_iter, err, absorbed, converged, tc, obj, fc, gc = _solve(a, b, C, 0.08, 200, tol)
     log = _ops.sinkhorn_log_cpu(a, b, C[None], 0.08, 200, tol)
     ref = sinkhorn_log_reference(a.double(), b.double(), C[None].double(), 0.08, 200, tol)
     assert not absorbed.any()
+    assert torch.equal(converged, err <= tol * a.sum(-1))
     if dtype == torch.float64:
         assert torch.equal(n_iter, log[2]) and torch.equal(n_iter, ref[2])
     else:  # rounding may move a stop by an iteration; compare at a fixed count
@@ -88,8 +89,9 @@ def test_absorption_continues_in_the_log_domain(monkeypatch):
     assert out[4][:5].all() and not out[4][5:].any()
     torch.testing.assert_close(out[0], log.f, rtol=1e-8, atol=1e-9)
     torch.testing.assert_close(out[1], log.g, rtol=1e-8, atol=1e-9)
-    torch.testing.assert_close(out[5], log.transport_cost, rtol=1e-8, atol=1e-12)
-    torch.testing.assert_close(out[6], log.objective, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(out[6], log.transport_cost, rtol=1e-8, atol=1e-12)
+    torch.testing.assert_close(out[7], log.objective, rtol=1e-8, atol=1e-12)
+    assert out[5].all()
     assert bool((out[2] >= log.n_iter - 2).all())
 
 
@@ -130,6 +132,13 @@ def test_gradcheck_fused_objective_is_exact():
     args = (torch.zeros_like(a, requires_grad=True), torch.zeros_like(b, requires_grad=True),
             C.requires_grad_(True))
     assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, rtol=1e-4)
+
+
+def test_eager_path_equals_the_op():
+    a, b, C = _problem(4, 5, 3, torch.float64)
+    for x, y in zip(block.sinkhorn_dual(a, b, C[None], 0.1, 50, 1e-9),
+                    block.sinkhorn_dual_cpu(a, b, C[None], 0.1, 50, 1e-9), strict=True):
+        assert torch.equal(x, y)
 
 
 def test_opcheck_fused_dual_op():

@@ -127,7 +127,8 @@ def scaling_cpu_with_flags(a, b, cost, eps, max_iter, tol):
     """(f, g, n_iter, err, absorbed) of the C++ block kernel; ``absorbed`` marks problems
     that finished in the log domain."""
     a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
-    return block.solve(a, b, cost, eps, max_iter, tol)[:5]
+    f, g, n_iter, err, absorbed, *_ = block.solve(a, b, cost, eps, max_iter, tol)
+    return f, g, n_iter, err, absorbed
 
 
 sinkhorn_scaling_cpu.register_fake(_solver_fake)

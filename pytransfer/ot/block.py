@@ -52,15 +52,15 @@ def check(a, b, cost, rtol):
 
 
 def solve(a, b, cost, eps, max_iter, tol, values=False):
-    """(f, g, n_iter, err, absorbed, transport, objective, f centred, g centred) of the C++
-    kernel for contiguous float32/float64 a (B, n), b (B, m), cost (1, n, m); the last four
-    only with ``values`` (else None); ``absorbed`` marks problems that finished in the log
-    domain."""
+    """(f, g, n_iter, err, absorbed, converged, transport, objective, f centred, g centred) of
+    the C++ kernel for contiguous float32/float64 a (B, n), b (B, m), cost (1, n, m); the
+    last four only with ``values`` (else None); ``absorbed`` marks problems that finished in
+    the log domain."""
     B, n = a.shape
     f, g = torch.empty_like(a), torch.empty_like(b)
     n_iter = torch.empty(B, dtype=torch.int64)
     err = a.new_empty(B)
-    absorbed = torch.empty(B, dtype=torch.uint8)
+    absorbed, converged = torch.empty(B, dtype=torch.bool), torch.empty(B, dtype=torch.bool)
     transport = objective = fc = gc = None
     if values:
         transport, objective = a.new_empty(B), a.new_empty(B)
@@ -69,39 +69,44 @@ def solve(a, b, cost, eps, max_iter, tol, values=False):
     _ext._C.sinkhorn_block(
         _DTYPES[a.dtype], a.data_ptr(), b.data_ptr(), cost.data_ptr(), B, n, b.shape[1], eps,
         max_iter, tol, lo, hi, f.data_ptr(), g.data_ptr(), n_iter.data_ptr(), err.data_ptr(),
-        absorbed.data_ptr(), 0 if transport is None else transport.data_ptr(),
+        absorbed.data_ptr(), converged.data_ptr(),
+        0 if transport is None else transport.data_ptr(),
         0 if objective is None else objective.data_ptr(), 0 if fc is None else fc.data_ptr(),
         0 if gc is None else gc.data_ptr(), torch.get_num_threads())
-    return f, g, n_iter, err, absorbed.bool(), transport, objective, fc, gc
+    return f, g, n_iter, err, absorbed, converged, transport, objective, fc, gc
+
+
+def _dual_forward(a, b, cost, eps, max_iter, tol):
+    a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
+    f, g, n_iter, err, _, converged, transport, objective, fc, gc = solve(
+        a, b, cost, eps, max_iter, tol, True)
+    return transport, objective, f, g, n_iter, err, converged, fc, gc
 
 
 @torch.library.custom_op("pytransfer::sinkhorn_dual_cpu", mutates_args=())
 def sinkhorn_dual_cpu(
     a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
-           torch.Tensor, torch.Tensor]:
-    """(transport_cost, objective, f, g, n_iter, err, f centred, g centred) for a shared cost
-    (1, n, m), the whole ``grad="dual"`` forward in one C++ call; differentiable in the
-    values only (JTLN eq. 11; the potentials are constants)."""
-    a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
-    f, g, n_iter, err, _, transport, objective, fc, gc = solve(a, b, cost, eps, max_iter, tol,
-                                                               True)
-    return transport, objective, f, g, n_iter, err, fc, gc
+           torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(transport_cost, objective, f, g, n_iter, err, converged, f centred, g centred) for a
+    shared cost (1, n, m): the whole ``grad="dual"`` forward in one C++ call; differentiable
+    in the values only (JTLN eq. 11; the potentials are constants)."""
+    return _dual_forward(a, b, cost, eps, max_iter, tol)
 
 
 @sinkhorn_dual_cpu.register_fake
 def _(a, b, cost, eps, max_iter, tol):
     B = a.shape[0]
     return (a.new_empty((B,)), a.new_empty((B,)), torch.empty_like(a), torch.empty_like(b),
-            a.new_empty((B,), dtype=torch.int64), a.new_empty((B,)), torch.empty_like(a),
-            torch.empty_like(b))
+            a.new_empty((B,), dtype=torch.int64), a.new_empty((B,)),
+            a.new_empty((B,), dtype=torch.bool), torch.empty_like(a), torch.empty_like(b))
 
 
 def _setup_context(ctx, inputs, output):
     a, b, cost, eps, *_ = inputs
     ctx.mark_non_differentiable(*output[2:])
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(a, b, cost, output[2], output[3], output[6], output[7])
+    ctx.save_for_backward(a, b, cost, output[2], output[3], output[7], output[8])
     ctx.eps = eps
 
 
@@ -130,3 +135,33 @@ def _backward(ctx, grad_transport, grad_objective, *_):
 
 
 sinkhorn_dual_cpu.register_autograd(_backward, setup_context=_setup_context)
+
+
+class _Dual(torch.autograd.Function):
+    """The op's forward and gradient rule without the dispatcher round trip (eager mode).
+    Only the two values are outputs of the Function (each output costs autograd work); the
+    rest of the op's outputs come back through ``out``."""
+
+    @staticmethod
+    def forward(ctx, a, b, cost, eps, max_iter, tol, out):
+        out.extend(_dual_forward(a, b, cost, eps, max_iter, tol))
+        ctx.set_materialize_grads(False)
+        ctx.save_for_backward(a, b, cost, out[2], out[3], out[7], out[8])
+        ctx.eps = eps
+        return out[0], out[1]
+
+    @staticmethod
+    def backward(ctx, grad_transport, grad_objective):
+        return (*_backward(ctx, grad_transport, grad_objective), None)
+
+
+def sinkhorn_dual(a, b, cost, eps, max_iter, tol):
+    """``sinkhorn_dual_cpu``; eager calls skip the custom-op dispatch (tens of us per call),
+    traced ones (torch.compile) use the op."""
+    if torch.compiler.is_compiling():
+        return sinkhorn_dual_cpu(a, b, cost, eps, max_iter, tol)
+    if not (a.requires_grad or b.requires_grad or cost.requires_grad):
+        return _dual_forward(a, b, cost, eps, max_iter, tol)
+    out = []
+    out[:2] = _Dual.apply(a, b, cost, eps, max_iter, tol, out)
+    return tuple(out)

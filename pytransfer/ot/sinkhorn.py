@@ -18,6 +18,9 @@ from pytransfer.ot.scaling import AUTO_RANGE, MAX_RANGE, scaling_range
 GRADS = ("dual", "implicit", "unrolled")
 METHODS = ("auto", "log", "scaling")
 MASS_RTOL = 1e-5
+#: the mass check's relative tolerance per dtype (half inputs: their rounding)
+_MASS_RTOL = {d: max(MASS_RTOL, 4 * torch.finfo(d).eps)
+              for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
 
 
 class SinkhornResult(NamedTuple):
@@ -75,7 +78,7 @@ def _check_values(a, b, cost) -> float | None:
     """NaN/Inf, signs and masses (host sync). CPU float32/float64 contiguous inputs take one
     C++ pass (no copy), which also returns max C - min C for the method choice; the torch
     checks below run only where it is not available or finds a problem (for the message)."""
-    rtol = max(MASS_RTOL, 4 * torch.finfo(a.dtype).eps)  # half inputs: their rounding
+    rtol = _MASS_RTOL[a.dtype]
     if (a.device.type == "cpu" and a.dtype in block.LANES and _ext.unavailable() is None
             and not torch.compiler.is_compiling() and a.is_contiguous() and b.is_contiguous()
             and cost.is_contiguous()):
@@ -178,10 +181,11 @@ def sinkhorn(
     op = _ops.OP_SCALING if method == "scaling" else _ops.OP
     B, n, m = a.shape[0], a.shape[1], b.shape[1]
     name, solve = _dispatch.resolve(op, backend, device.type, n=n, m=m)
+    converged = None
     if (name == "cpu" and method == "scaling" and grad == "dual" and not return_plan
             and not block.use_gemm_loop(B, n, m, a.dtype, torch.get_num_threads())):
         # the block kernel: solve, values and dual gradients in one call
-        transport, objective, f, g, n_iter, err, _, _ = block.sinkhorn_dual_cpu(
+        transport, objective, f, g, n_iter, err, converged, _, _ = block.sinkhorn_dual(
             a, b, cost, eps, max_iter, tol)
         plan = None
     elif grad == "unrolled":
@@ -198,7 +202,8 @@ def sinkhorn(
             f, g, n_iter, err = solve(a.detach(), b.detach(), cost.detach(), eps, max_iter, tol)
         transport, objective, plan = _ops.sinkhorn_values(a, b, cost, f, g, eps, grad,
                                                           factorized, return_plan)
-    converged = err <= tol * a.detach().sum(-1)
+    if converged is None:
+        converged = err <= tol * a.detach().sum(-1)
     out = SinkhornResult(transport, objective, f, g, n_iter, err, converged,
                          plan if return_plan else None)
     if single:
