@@ -23,15 +23,17 @@ equals the hand-written one. Ratios are hand-written time / ours, measured in on
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
 
 from bench.bench_sinkhorn import _plain_scaling_loop
 from bench.bench_sinkhorn import problem as sinkhorn_problem
-from bench.common import pin_one_thread, time_call
+from bench.common import pin_one_thread
 from pytransfer.mmd import gaussian_kernels
 from pytransfer.nn import HScore, MKMMDLoss, OTLoss
 from pytransfer.ot import sinkhorn
@@ -107,6 +109,18 @@ def auto_workload(B: int) -> dict:
     a, b, cost = sinkhorn_problem(B)
     return {"ours": lambda: sinkhorn(a, b, cost, EPS, max_iter=ITERS, tol=0.0).transport_cost,
             "plain": _plain_scaling_loop(a, b, cost)}
+
+
+def log_kernel_workload(B: int) -> dict:
+    """{"ours", "reference"}: the C++ log-domain kernel and the torch reference (issue 3)."""
+    from bench.bench_sinkhorn import EPS, ITERS
+
+    a, b, cost = sinkhorn_problem(B)
+
+    def run(backend):
+        return lambda: sinkhorn(a, b, cost, EPS, max_iter=ITERS, tol=0.0, method="log",
+                                backend=backend).transport_cost
+    return {"ours": run("cpu"), "reference": run("reference")}
 
 
 # ------------------------------------------------------------------ MK-MMD
@@ -202,14 +216,29 @@ def peak_extra_bytes(row: str, label: str) -> float:
     return float(json.loads(out.stdout.strip().splitlines()[-1])["extra_bytes"])
 
 
+def interleaved(fns: dict, rounds: int, warmup: int = 2) -> dict[str, float]:
+    """Median wall time (s) per callable, the callables alternating round by round, so that
+    a shared machine's load drifts affect all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    times = {k: [] for k in fns}
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
 def losses_table(rounds: int = 20, memory: bool = True) -> list[dict]:
     """One row per loss and size: fwd+bwd time of ours and of the hand-written torch
-    equivalent (median of ``rounds``, same run), their ratio, and peak extra memory."""
+    equivalent (median of ``rounds``, interleaved in one run), their ratio, and peak extra
+    memory."""
     pin_one_thread()
     rows = []
     for name, make in TABLE_ROWS.items():
-        fns = make()
-        t = {k: time_call(fn, rounds, warmup=2) for k, fn in fns.items()}
+        t = interleaved(make(), rounds)
         row = {"loss": name, "ours_ms": 1e3 * t["ours"], "hand_ms": 1e3 * t["hand-written"],
                "speedup": t["hand-written"] / t["ours"]}
         if memory:
@@ -219,13 +248,14 @@ def losses_table(rounds: int = 20, memory: bool = True) -> list[dict]:
     return rows
 
 
-def ratios(quick: bool = True, rounds: int = 20) -> list[tuple[str, float, float | None]]:
-    """(workload, hand-written or plain time / ours, target) for every issue-13 figure."""
+def ratios(quick: bool = True, rounds: int = 20) -> list[tuple[str, float, float | None, float]]:
+    """(workload, hand-written or plain time / ours, target, our time in us) for every
+    issue-13 figure."""
     pin_one_thread()
     out = []
 
     def add(name, fns, target, anchor="hand-written", r=rounds):
-        t = {k: time_call(fn, r, warmup=2) for k, fn in fns.items()}
+        t = interleaved(fns, r)
         out.append((name, t[anchor] / t["ours"], target, 1e6 * t["ours"]))
 
     for B, n, m in OT_SIZES:
@@ -238,6 +268,8 @@ def ratios(quick: bool = True, rounds: int = 20) -> list[tuple[str, float, float
     add("OTLoss fwd+bwd B=1 2x2 (overhead)", overhead_workload(), None, r=200)
     add("MKMMDLoss fwd+bwd n=64 d=8 (overhead)", mmd_workload(64, 8), None, r=200)
     add("HScore fwd+bwd n=256 k=64", hscore_workload(), None)
+    add("sinkhorn log C++ vs reference B=1024 78x22 (issue 3)", log_kernel_workload(1024), 3.0,
+        "reference", r=3)
     return out
 
 

@@ -68,11 +68,18 @@ inline void block_product(const T* M, const V* x, int64_t rows, int64_t len, V* 
     }
     out[i] = c0, out[i + 1] = c1, out[i + 2] = c2, out[i + 3] = c3;
   }
-  for (; i < rows; ++i) {
+  for (; i < rows; ++i) {  // the last rows: four partial sums, so FMAs do not wait on each other
     const T* r = M + i * len;
-    V c0 = {};
-    for (int64_t j = 0; j < len; ++j) c0 += r[j] * x[j];
-    out[i] = c0;
+    V c0 = {}, c1 = {}, c2 = {}, c3 = {};
+    int64_t j = 0;
+    for (; j + 4 <= len; j += 4) {
+      c0 += r[j] * x[j];
+      c1 += r[j + 1] * x[j + 1];
+      c2 += r[j + 2] * x[j + 2];
+      c3 += r[j + 3] * x[j + 3];
+    }
+    for (; j < len; ++j) c0 += r[j] * x[j];
+    out[i] = (c0 + c1) + (c2 + c3);
   }
 }
 
