@@ -23,6 +23,7 @@ equals the hand-written one. Ratios are hand-written time / ours, measured in on
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -98,6 +99,42 @@ def ot_workload(B: int, n: int, m: int) -> dict:
 def overhead_workload() -> dict:
     """A whole OTLoss call at B=1, 2x2 (forward + backward) and the bare loop it wraps."""
     return ot_workload(1, 2, 2)
+
+
+def ot_overhead_us(rounds: int = 400) -> dict[str, float]:
+    """Fixed per-call cost of OTLoss at B=1, 2x2 (us, interleaved medians): the whole
+    forward + backward, minus the same softmax + mean + backward without the loss, minus the
+    C++ kernel alone (raw call, outputs preallocated): wrapper, validation and dispatch."""
+    from pytransfer import _ext
+    from pytransfer.ot import scaling
+
+    ls, lt, cost = ot_inputs(1, 2, 2)
+    pt, loss = lt.softmax(-1), OTLoss(cost, eps=OT_EPS, max_iter=OT_ITERS, tol=0.0)
+
+    def whole():
+        x = ls.detach().requires_grad_(True)
+        loss(x.softmax(-1), pt).backward()
+
+    def bare():
+        x = ls.detach().requires_grad_(True)
+        x.softmax(-1)[:, 0].mean().backward()
+
+    a, c = ls.softmax(-1), cost[None].contiguous()
+    f, g, fc, gc = (torch.empty(1, 2) for _ in range(4))
+    err, tc, obj = (torch.empty(1) for _ in range(3))
+    n_iter, flags = torch.empty(1, dtype=torch.int64), torch.empty(2, dtype=torch.bool)
+    lo, hi = scaling.SAFE_RANGE[torch.float32]
+
+    def kernel():
+        _ext._C.sinkhorn_block("float32", a.data_ptr(), pt.data_ptr(), c.data_ptr(), 1, 2, 2,
+                               OT_EPS, OT_ITERS, 0.0, lo, hi, f.data_ptr(), g.data_ptr(),
+                               n_iter.data_ptr(), err.data_ptr(), flags.data_ptr(),
+                               flags.data_ptr() + 1, tc.data_ptr(), obj.data_ptr(),
+                               fc.data_ptr(), gc.data_ptr(), 1)
+
+    t = interleaved({"whole": whole, "bare": bare, "kernel": kernel}, rounds, warmup=20)
+    return {k: 1e6 * v for k, v in t.items()} | {
+        "overhead": 1e6 * (t["whole"] - t["bare"] - t["kernel"])}
 
 
 # ------------------------------------------------------------------ sinkhorn(auto)
@@ -209,10 +246,12 @@ print(json.dumps({"extra_bytes": status("VmHWM") - before}))
 
 
 def peak_extra_bytes(row: str, label: str) -> float:
-    """Peak extra resident memory of one forward + backward (a fresh process; allocator pages
-    already held after the warm-up call count as free)."""
+    """Peak extra resident memory of one forward + backward in a fresh process whose malloc
+    maps every block separately (``MALLOC_MMAP_THRESHOLD_=0``), so freed memory leaves the
+    resident set and the peak counts the live bytes (each block rounded up to 4 KiB pages)."""
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "0"}  # every block its own mapping
     out = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, row, label], capture_output=True,
-                         text=True, check=True)
+                         text=True, check=True, env=env)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["extra_bytes"])
 
 
@@ -330,6 +369,8 @@ def test_hscore_loss(benchmark, label):
 
 def main() -> None:
     quick = "--quick" in sys.argv
+    print("OTLoss B=1 2x2 fixed cost (us):",
+          {k: round(v, 1) for k, v in ot_overhead_us().items()})
     for name, r, target, us in ratios(quick=quick):
         met = "" if target is None else (" met" if r >= target else " NOT met")
         print(f"{name:45s} {r:6.2f}x  ours {us:9.1f} us  target {target}{met}")
