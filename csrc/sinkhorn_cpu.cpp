@@ -110,105 +110,6 @@ void solve_one(const T* a, const T* b, const T* K, const T* KT, int64_t n, int64
   *n_iter = it;
   *err = e;
 }
-// Scaling form for one problem (issue 4): u = a / (K v), v = b / (K^T u) with the shared
-// K = exp(-(C - min C)/eps) held in L1 as (n, mb) and K^T as (m, nb) (nb, mb: n, m rounded up
-// to whole register blocks); both products are register-blocked (gemv_t). Same iterates, stopping rule and outputs as the log
-// domain (f = eps log u + min C, g = eps log v). A scaling outside [lo, hi] hands the problem
-// to the log-domain solver, warm-started from its last in-range v ("absorption").
-// Output blocks of one SIMD vector.
-template <typename T>
-constexpr int64_t kBlock = kLanes<T>;
-
-// out[k] = sum_r x[r] M[r, k] for k < ld (ld a multiple of kBlock): each block of outputs is
-// accumulated in registers over the rows, four rows at a time (eight independent FMA chains),
-// so there is neither a loop-carried store/load nor a horizontal reduction.
-template <typename T>
-void gemv_t(const T* M, const T* x, int64_t rows, int64_t ld, T* out) {
-  constexpr int64_t W = kBlock<T>;
-  for (int64_t k0 = 0; k0 < ld; k0 += W) {
-    T acc[4][W] = {};
-    int64_t r = 0;
-    for (; r + 3 < rows; r += 4) {
-      const T* m0 = M + r * ld + k0;
-#pragma omp simd
-      for (int64_t k = 0; k < W; ++k) {
-        acc[0][k] += x[r] * m0[k];
-        acc[1][k] += x[r + 1] * m0[ld + k];
-        acc[2][k] += x[r + 2] * m0[2 * ld + k];
-        acc[3][k] += x[r + 3] * m0[3 * ld + k];
-      }
-    }
-    for (; r < rows; ++r) {
-      const T* m0 = M + r * ld + k0;
-#pragma omp simd
-      for (int64_t k = 0; k < W; ++k) acc[0][k] += x[r] * m0[k];
-    }
-#pragma omp simd
-    for (int64_t k = 0; k < W; ++k) out[k0 + k] = (acc[0][k] + acc[1][k]) + (acc[2][k] + acc[3][k]);
-  }
-}
-
-template <typename T>
-void scaling_one(const T* a, const T* b, const T* E, const T* ET, const T* K, const T* KT,
-                 int64_t n, int64_t m, T eps, T cmin, int64_t max_iter, T tol, T lo, T hi,
-                 T* f, T* g, int64_t* n_iter, T* err, uint8_t* absorbed, T* work) {
-  const int64_t np = padded(n, kBlock<T>), mp = padded(m, kBlock<T>);
-  T* u = work;          // np
-  T* u_new = u + np;    // np
-  T* kv = u_new + np;   // np: K v
-  T* v = kv + np;       // mp
-  T* v_new = v + mp;    // mp
-  T* ktu = v_new + mp;  // mp: K^T u
-  std::fill(work, work + 3 * np + 3 * mp, T(0));
-  T mass = 0;
-  for (int64_t i = 0; i < n; ++i) mass += a[i];
-  for (int64_t j = 0; j < m; ++j) v[j] = b[j] > 0 ? T(1) : T(0);
-  const T thr = tol * mass;
-  auto in_range = [lo, hi](T x) { return (x >= lo) & (x <= hi); };
-  int64_t it = 0;
-  T e = 0;
-  bool absorb = false;
-  for (;; ++it) {
-    gemv_t(ET, v, m, np, kv);  // K v
-    if (it == max_iter || (it > 0 && tol > 0)) {
-      e = 0;
-#pragma omp simd reduction(+ : e)
-      for (int64_t i = 0; i < n; ++i) e += a[i] > 0 ? std::abs(u[i] * kv[i] - a[i]) : T(0);
-      if (it == max_iter || e <= thr) break;
-    }
-    int bad = 0;
-#pragma omp simd reduction(| : bad)
-    for (int64_t i = 0; i < n; ++i) {
-      u_new[i] = a[i] > 0 ? a[i] / kv[i] : T(0);
-      bad |= (a[i] > 0) & !in_range(u_new[i]);
-    }
-    if (bad) { absorb = true; break; }  // v is in range
-    std::swap(u, u_new);
-    gemv_t(E, u, n, mp, ktu);  // K^T u
-#pragma omp simd reduction(| : bad)
-    for (int64_t j = 0; j < m; ++j) {
-      v_new[j] = b[j] > 0 ? b[j] / ktu[j] : T(0);
-      bad |= (b[j] > 0) & !in_range(v_new[j]);
-    }
-    if (bad) { absorb = true; break; }  // v (old) is in range
-    std::swap(v, v_new);
-  }
-  *absorbed = absorb;
-  if (absorb) {
-    for (int64_t j = 0; j < m; ++j) g[j] = b[j] > 0 ? eps * std::log(v[j]) : T(0);
-    int64_t more = 0;
-    solve_one(a, b, K, KT, n, m, eps, std::max<int64_t>(max_iter - it, 1), tol, g, f, g,
-              &more, err, work + 3 * np + 3 * mp);
-    *n_iter = it + more;
-    return;
-  }
-  for (int64_t i = 0; i < n; ++i)
-    f[i] = (a[i] > 0 ? eps * std::log(u[i]) : -eps * std::log(kv[i])) + cmin;
-  for (int64_t j = 0; j < m; ++j) g[j] = b[j] > 0 ? eps * std::log(v[j]) : -eps * std::log(ktu[j]);
-  *n_iter = it;
-  *err = e;
-}
-
 }  // namespace
 
 template <typename T>
@@ -244,46 +145,12 @@ void sinkhorn_log_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t 
   }
 }
 
-template <typename T>
-void sinkhorn_scaling_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
-                          T eps, int64_t max_iter, T tol, T lo, T hi, T* f, T* g,
-                          int64_t* n_iter, T* err, uint8_t* absorbed, int threads) {
-  const int64_t np = padded(n, kBlock<T>), mp = padded(m, kBlock<T>);
-  const int64_t nl = padded(n, kLanes<T>), ml = padded(m, kLanes<T>);  // log-domain layout
-  T cmin = cost[0];
-  for (int64_t k = 0; k < n * m; ++k) cmin = std::min(cmin, cost[k]);
-  std::vector<T> K(n * ml), KT(m * nl), E(n * mp, T(0)), ET(m * np, T(0));
-  scale_cost(cost, n, m, eps, K.data(), KT.data());  // -C/eps for the log fallback
-  for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < m; ++j) {
-      const T e = std::exp(-(cost[i * m + j] - cmin) / eps);
-      E[i * mp + j] = e;
-      ET[j * np + i] = e;
-    }
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<T> work(3 * np + 3 * mp + 7 * std::max(nl, ml));  // + the log fallback's
-#pragma omp for schedule(dynamic, 16)
-    for (int64_t p = 0; p < B; ++p)
-      scaling_one(a + p * n, b + p * m, E.data(), ET.data(), K.data(), KT.data(), n, m, eps, cmin,
-                  max_iter, tol, lo, hi, f + p * n, g + p * m, n_iter + p, err + p, absorbed + p,
-                  work.data());
-  }
-}
-
 template void sinkhorn_log_cpu<float>(const float*, const float*, const float*, int64_t, int64_t,
                                       int64_t, bool, float, int64_t, float, const float*, float*,
                                       float*, int64_t*, float*, int);
 template void sinkhorn_log_cpu<double>(const double*, const double*, const double*, int64_t,
                                        int64_t, int64_t, bool, double, int64_t, double,
                                        const double*, double*, double*, int64_t*, double*, int);
-template void sinkhorn_scaling_cpu<float>(const float*, const float*, const float*, int64_t,
-                                          int64_t, int64_t, float, int64_t, float, float, float,
-                                          float*, float*, int64_t*, float*, uint8_t*, int);
-template void sinkhorn_scaling_cpu<double>(const double*, const double*, const double*, int64_t,
-                                           int64_t, int64_t, double, int64_t, double, double,
-                                           double, double*, double*, int64_t*, double*, uint8_t*,
-                                           int);
 
 }  // namespace pytransfer
 
@@ -317,26 +184,4 @@ PYTRANSFER_BINDINGS(bind_sinkhorn) {
               ptr<double>(g), ptr<int64_t>(n_iter), ptr<double>(err), threads);
       },
       "Batched log-domain Sinkhorn (see csrc/sinkhorn_cpu.h)");
-  m.def(
-      "sinkhorn_scaling",
-      [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t cost,
-         int64_t B, int64_t n, int64_t m_, double eps, int64_t max_iter, double tol, double lo,
-         double hi, std::uintptr_t f, std::uintptr_t g, std::uintptr_t n_iter, std::uintptr_t err,
-         std::uintptr_t absorbed, int threads) {
-        if (dtype != "float32" && dtype != "float64")
-          throw std::invalid_argument("sinkhorn_scaling: dtype must be float32 or float64");
-        pybind11::gil_scoped_release nogil;
-        if (dtype == "float32")
-          pytransfer::sinkhorn_scaling_cpu<float>(
-              ptr<const float>(a), ptr<const float>(b), ptr<const float>(cost), B, n, m_,
-              static_cast<float>(eps), max_iter, static_cast<float>(tol), static_cast<float>(lo),
-              static_cast<float>(hi), ptr<float>(f), ptr<float>(g), ptr<int64_t>(n_iter),
-              ptr<float>(err), ptr<uint8_t>(absorbed), threads);
-        else
-          pytransfer::sinkhorn_scaling_cpu<double>(
-              ptr<const double>(a), ptr<const double>(b), ptr<const double>(cost), B, n, m_, eps,
-              max_iter, tol, lo, hi, ptr<double>(f), ptr<double>(g), ptr<int64_t>(n_iter),
-              ptr<double>(err), ptr<uint8_t>(absorbed), threads);
-      },
-      "Batched scaling-form Sinkhorn with absorption (see csrc/sinkhorn_cpu.h)");
 }

@@ -18,12 +18,17 @@ void sinkhorn_log_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t 
                       bool shared_cost, T eps, int64_t max_iter, T tol, const T* g_init, T* f,
                       T* g, int64_t* n_iter, T* err, int threads);
 
-// Scaling form for a shared cost (n, m) (issue 4): same outputs as sinkhorn_log_cpu, computed
-// with K = exp(-(C - min C)/eps) and no exp in the loop. A problem whose scalings leave
-// [lo, hi] continues in the log domain from its last in-range potentials; absorbed[p] says so.
+// Scaling form for a shared cost (n, m) over blocks of W problems sharing
+// K = exp(-(C - min C)/eps) (issues 4, 13; csrc/sinkhorn_block_cpu.cpp): same outputs and
+// iterates as sinkhorn_log_cpu, no exp in the loop. A problem whose scalings leave [lo, hi]
+// continues in the log domain from its last in-range potentials; absorbed[p] says so;
+// converged[p] = err[p] <= tol * mass (unless nullptr). Plus the values transport[p] = <P, C>,
+// objective[p] = <P, C> + eps KL(P || a b^T) and the potentials
+// centred on the supports fc (B, n), gc (B, m) (the dual gradients), unless transport is nullptr.
 template <typename T>
-void sinkhorn_scaling_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
-                          T eps, int64_t max_iter, T tol, T lo, T hi, T* f, T* g,
-                          int64_t* n_iter, T* err, uint8_t* absorbed, int threads);
+void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
+                        T eps, int64_t max_iter, T tol, T lo, T hi, T* f, T* g, int64_t* n_iter,
+                        T* err, uint8_t* absorbed, uint8_t* converged, T* transport, T* objective,
+                        T* fc, T* gc, int threads);
 
 }  // namespace pytransfer

@@ -15,7 +15,7 @@ from pytransfer.mmd import _ops as mmd_ops
 from pytransfer.mmd.reference import mmd_linear_reference, mmd_quadratic_reference
 from pytransfer.mmd.spec import centered_sq
 from pytransfer.ot import _ops as ot_ops
-from pytransfer.ot import scaling
+from pytransfer.ot import block, scaling
 from pytransfer.ot.reference import sinkhorn_log_reference
 
 pytestmark = pytest.mark.skipif(_ext.unavailable() is not None, reason="no compiled extension")
@@ -103,6 +103,14 @@ def _sinkhorn_scaling():
     return got, want
 
 
+def _sinkhorn_check():
+    a, b, C = _problem()
+    want = block.check(a, b, C, 1e-5)
+    got = block.check(_strided(a), _strided(b), _strided(C), 1e-5)
+    assert want[0] and got[0]
+    return torch.tensor(got[1]), torch.tensor(want[1])
+
+
 def _scaling_div():
     g = _gen(3)
     w, den, x_old = (torch.rand(3, 5, dtype=torch.float64, generator=g) + 0.5 for _ in range(3))
@@ -186,7 +194,8 @@ def _gibbs_moments_bwd():
 
 
 BINDINGS = {
-    "sinkhorn_log": _sinkhorn_log, "sinkhorn_scaling": _sinkhorn_scaling,
+    "sinkhorn_log": _sinkhorn_log, "sinkhorn_block": _sinkhorn_scaling,
+    "sinkhorn_check": _sinkhorn_check,
     "scaling_div": _scaling_div, "mmd_linear_fwd": _mmd_linear_fwd,
     "mmd_linear_bwd": _mmd_linear_bwd, "mmd_tile": _mmd_tile, "mmd_moments": _mmd_moments,
     "gibbs_weights_fwd": _gibbs_weights_fwd, "gibbs_weights_bwd": _gibbs_weights_bwd,
@@ -205,8 +214,7 @@ def test_binding_takes_non_contiguous_inputs(name):
 def test_every_binding_of_this_package_is_covered():
     import pytransfer._C as C
 
-    mine = {n for n in dir(C) if n.startswith(("sinkhorn_log", "sinkhorn_scaling", "scaling_",
-                                               "mmd_", "gibbs_"))}
+    mine = {n for n in dir(C) if not n.startswith("_") and n != "openmp"}
     assert mine == set(BINDINGS)
 
 

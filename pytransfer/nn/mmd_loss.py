@@ -5,9 +5,29 @@ from __future__ import annotations
 
 import torch
 
+from pytransfer import _ext
 from pytransfer.mmd import KernelSpec, gaussian_kernels, mk_mmd, optimize_kernel_weights
+from pytransfer.mmd import _ops as mmd_ops
 from pytransfer.mmd.distributed import global_bandwidth, global_mk_mmd, global_weights
 from pytransfer.mmd.functional import check_features
+from pytransfer.mmd.spec import bandwidth, resolve
+
+
+class _LinearCPU(torch.autograd.Function):
+    """``mmd_ops.mmd_linear`` with constant gammas and weights, without its custom-op round
+    trip: the C++ forward (h, coef) and backward kernels only (eager, CPU)."""
+
+    @staticmethod
+    def forward(ctx, xs, xt, gammas, weights, square):
+        h, coef = mmd_ops.mmd_linear_fwd_cpu(xs, xt, gammas, weights, square)
+        ctx.save_for_backward(xs, xt, coef)
+        return (weights * h).sum()
+
+    @staticmethod
+    def backward(ctx, grad):
+        xs, xt, coef = ctx.saved_tensors
+        gxs, gxt = mmd_ops.mmd_linear_bwd_cpu(xs, xt, coef, grad)
+        return gxs, gxt, None, None, None
 
 
 class MKMMDLoss(torch.nn.Module):
@@ -34,8 +54,38 @@ class MKMMDLoss(torch.nn.Module):
         self.backend, self.check_inputs = backend, check_inputs
         self.weights = weights
         self.last_weights: torch.Tensor | None = None
+        self._constants: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
+
+    def _fast_path(self, xs: object, xt: object) -> bool:
+        """The common training call (linear estimator, fixed uniform weights, bandwidth from
+        the batch, even n, CPU float32/float64, eager): per-call work is the C++ moments pass
+        and the two C++ kernels; other calls (and every error) go through ``mk_mmd``."""
+        return (isinstance(xs, torch.Tensor) and isinstance(xt, torch.Tensor)
+                and self.estimator == "linear" and not self.distributed
+                and not self.optimize_weights and self.weights is None
+                and isinstance(self.kernels, KernelSpec) and isinstance(self.kernels.base, str)
+                and self.backend in ("auto", "cpu") and _ext.unavailable() is None
+                and not torch.compiler.is_compiling() and xs.device.type == "cpu"
+                and xt.device.type == "cpu" and xs.dtype in (torch.float32, torch.float64)
+                and xt.dtype == xs.dtype and xs.dim() == 2 and xs.shape == xt.shape
+                and xs.shape[0] >= 2 and xs.shape[0] % 2 == 0)
+
+    def _linear_cpu(self, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+        base = bandwidth(xs, xt)  # the C++ moments pass: finite iff every entry is finite
+        if self.check_inputs and not bool(torch.isfinite(base)):
+            check_features(xs, xt, True)  # names the bad input (or the overflow passes)
+        if xs.dtype not in self._constants:  # gammas at base 1, weights, squaring flags
+            U = self.kernels.num
+            uniform = torch.full((U,), 1.0 / U, dtype=xs.dtype)
+            self._constants[xs.dtype] = resolve(self.kernels, uniform,
+                                                torch.ones((), dtype=xs.dtype), xs.dtype)
+        unit, weights, square = self._constants[xs.dtype]
+        floor = torch.finfo(xs.dtype).tiny ** 0.5  # as resolve: a degenerate batch, base 0
+        return _LinearCPU.apply(xs, xt, unit / base.clamp_min(floor), weights, square)
 
     def forward(self, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
+        if self._fast_path(xs, xt):
+            return self._linear_cpu(xs, xt)
         if not self.distributed:
             weights = self.weights
             if self.optimize_weights:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from pytransfer import _checks, _dispatch, _ext
-from pytransfer.ot import implicit, scaling
+from pytransfer.ot import block, implicit, scaling
 from pytransfer.ot.reference import (
     plan_from_potentials,
     sinkhorn_log_reference,
@@ -23,8 +23,8 @@ OP = "sinkhorn"
 OP_SCALING = "sinkhorn_scaling"
 GRAD_MODES = ("dual", "implicit")
 TRITON_MAX_TILE = 1 << 14  # padded n * m held by one Triton program
-#: scaling form on CPU: beyond this many bytes of scalings, the per-problem kernel beats
-#: batched GEMMs (measured: 0.5x the GEMM loop at B=4096, 1.3-1.9x at B=65536, 78 x 22 fp32)
+#: scaling form on CPU: beyond this many bytes of scalings the batched GEMM loop is never used
+#: (the block kernel's lanes are full; see ``block.use_gemm_loop`` for the cost model)
 PER_PROBLEM_BYTES = 4 << 20
 
 
@@ -105,32 +105,23 @@ _dispatch.register_backends(
 def sinkhorn_scaling_cpu(
     a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Scaling form, shared cost (1, n, m). Two C++ strategies, chosen by measured crossover:
-    while the (B, n + m) scalings fit in cache, batched BLAS GEMMs with the fused C++ half-step
-    (the GEMMs reuse K across problems); beyond, one kernel call in which each problem iterates
-    with K held in L1 (register-blocked matrix-vector products, OpenMP over problems), which
-    no longer streams the scalings through memory twice per iteration."""
+    """Scaling form, shared cost (1, n, m): the C++ block kernel (one call, ``block.py``) or
+    the batched BLAS GEMM loop with the fused C++ half-step, by ``block.use_gemm_loop``."""
     a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
-    if a.shape[0] * (a.shape[1] + b.shape[1]) * a.element_size() > PER_PROBLEM_BYTES:
-        return scaling_cpu_with_flags(a, b, cost, eps, max_iter, tol)[:4]
-    return scaling.sinkhorn_scaling(a, b, cost, eps, max_iter, tol, scaling.div_cpu,
-                                    sinkhorn_log_cpu)
+    B, n, m = a.shape[0], a.shape[1], b.shape[1]
+    if (B * (n + m) * a.element_size() <= PER_PROBLEM_BYTES
+            and block.use_gemm_loop(B, n, m, a.dtype, torch.get_num_threads())):
+        return scaling.sinkhorn_scaling(a, b, cost, eps, max_iter, tol, scaling.div_cpu,
+                                        sinkhorn_log_cpu)
+    return block.solve(a, b, cost, eps, max_iter, tol)[:4]
 
 
 def scaling_cpu_with_flags(a, b, cost, eps, max_iter, tol):
-    """(f, g, n_iter, err, absorbed) of the C++ scaling kernel; ``absorbed`` marks problems
+    """(f, g, n_iter, err, absorbed) of the C++ block kernel; ``absorbed`` marks problems
     that finished in the log domain."""
-    f, g, n_iter, err = _outputs(a, b)
-    (B, n), m = a.shape, b.shape[1]
-    absorbed = torch.empty(B, dtype=torch.uint8)
-    lo, hi = scaling.SAFE_RANGE[a.dtype]
-    _ext.call(
-        "sinkhorn_scaling", a.dtype, _ext.src(a, B, n), _ext.src(b, B, m),
-        _ext.src(cost, 1, n, m), B, n, m, eps, max_iter, tol, lo, hi, _ext.dst(f, B, n),
-        _ext.dst(g, B, m), _ext.dst(n_iter, B, dtype=torch.int64), _ext.dst(err, B),
-        _ext.dst(absorbed, B, dtype=torch.uint8),
-    )
-    return f, g, n_iter, err, absorbed.bool()
+    a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
+    f, g, n_iter, err, absorbed, *_ = block.solve(a, b, cost, eps, max_iter, tol)
+    return f, g, n_iter, err, absorbed
 
 
 sinkhorn_scaling_cpu.register_fake(_solver_fake)

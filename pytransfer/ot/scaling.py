@@ -1,6 +1,7 @@
 """Scaling-form Sinkhorn for a shared cost, stabilised by absorption (issue 4): the batched
-GEMM loop (the reference, and the CPU backend for moderate B with the fused C++ half-step
-``div_cpu``) and the constants shared with the C++ and Triton kernels.
+GEMM loop (the reference, and the CPU backend for a few problems on a large K, with the fused
+C++ half-step ``div_cpu``; otherwise the CPU runs ``pytransfer.ot.block``) and the constants
+shared with the C++ and Triton kernels.
 
 With K = exp(-(C - min C)/eps) computed once, an iteration for all B problems is two GEMMs,
     u = a / (v K^T),   v = b / (u K),

@@ -10,14 +10,17 @@ from typing import NamedTuple
 
 import torch
 
-from pytransfer import _checks, _dispatch
-from pytransfer.ot import _ops
+from pytransfer import _checks, _dispatch, _ext
+from pytransfer.ot import _ops, block
 from pytransfer.ot.reference import plan_from_potentials, values_from_plan
 from pytransfer.ot.scaling import AUTO_RANGE, MAX_RANGE, scaling_range
 
 GRADS = ("dual", "implicit", "unrolled")
 METHODS = ("auto", "log", "scaling")
 MASS_RTOL = 1e-5
+#: the mass check's relative tolerance per dtype (half inputs: their rounding)
+_MASS_RTOL = {d: max(MASS_RTOL, 4 * torch.finfo(d).eps)
+              for d in (torch.float64, torch.float32, torch.float16, torch.bfloat16)}
 
 
 class SinkhornResult(NamedTuple):
@@ -42,10 +45,15 @@ class SinkhornResult(NamedTuple):
 
 
 def _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs):
-    for name, x in (("a", a), ("b", b), ("cost", cost)):
-        _checks.floating(name, x)
-    device = _checks.same_device(a=a, b=b, cost=cost)
-    _checks.same_dtype(a=a, b=b, cost=cost)
+    # the usual case in three comparisons; the _checks functions name what is wrong
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)
+            and isinstance(cost, torch.Tensor) and a.dtype == b.dtype == cost.dtype
+            and a.dtype in _checks.FLOAT_DTYPES and a.device == b.device == cost.device):
+        for name, x in (("a", a), ("b", b), ("cost", cost)):
+            _checks.floating(name, x)
+        _checks.same_device(a=a, b=b, cost=cost)
+        _checks.same_dtype(a=a, b=b, cost=cost)
+    device = a.device
     _checks.positive_float("eps", eps)
     _checks.positive_int("max_iter", max_iter)
     _checks.nonneg_float("tol", tol)
@@ -69,36 +77,54 @@ def _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs):
             f"cost batch {cost.shape[0]} must equal the batch of a and b ({a.shape[0]})")
     if a.dim() == 2 and a.shape[0] == 0:
         raise ValueError("a and b hold no problems (batch size 0)")
-    if check_inputs:
-        for name, x in (("a", a), ("b", b), ("cost", cost)):
-            _checks.finite(name, x)
-        _checks.nonnegative("a", a)
-        _checks.nonnegative("b", b)
-        ma, mb = a.sum(-1), b.sum(-1)
-        if bool((ma <= 0).any()):
-            raise ValueError("a has a problem with zero total mass (all-zero weights)")
-        if bool((mb <= 0).any()):
-            raise ValueError("b has a problem with zero total mass (all-zero weights)")
-        gap = ((ma.double() - mb.double()).abs() / torch.maximum(ma, mb).double()).max()
-        rtol = max(MASS_RTOL, 4 * torch.finfo(a.dtype).eps)  # half inputs: their rounding
-        if bool(gap > rtol):
-            raise ValueError(
-                f"a and b must have equal total mass per problem (relative gap {float(gap):.2e} "
-                f"> {rtol:.0e}); normalise them or use unbalanced OT"
-            )
+    span = _check_values(a, b, cost) if check_inputs else None
     _checks.entropic_scale(eps, cost, check_inputs)
-    return device
+    return device, span
+
+
+def _check_values(a, b, cost) -> float | None:
+    """NaN/Inf, signs and masses (host sync). CPU float32/float64 contiguous inputs take one
+    C++ pass (no copy), which also returns max C - min C for the method choice; the torch
+    checks below run only where it is not available or finds a problem (for the message)."""
+    rtol = _MASS_RTOL[a.dtype]
+    if (a.device.type == "cpu" and a.dtype in block.LANES and _ext.unavailable() is None
+            and not torch.compiler.is_compiling() and a.is_contiguous() and b.is_contiguous()
+            and cost.is_contiguous()):
+        ok, span = block.check(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]), cost,
+                               rtol)
+        if ok:
+            return span
+    for name, x in (("a", a), ("b", b), ("cost", cost)):
+        _checks.finite(name, x)
+    _checks.nonnegative("a", a)
+    _checks.nonnegative("b", b)
+    ma, mb = a.sum(-1), b.sum(-1)
+    if bool((ma <= 0).any()):
+        raise ValueError("a has a problem with zero total mass (all-zero weights)")
+    if bool((mb <= 0).any()):
+        raise ValueError("b has a problem with zero total mass (all-zero weights)")
+    gap = ((ma.double() - mb.double()).abs() / torch.maximum(ma, mb).double()).max()
+    if bool(gap > rtol):
+        raise ValueError(
+            f"a and b must have equal total mass per problem (relative gap {float(gap):.2e} "
+            f"> {rtol:.0e}); normalise them or use unbalanced OT"
+        )
+    return None
 
 
 def _choose_method(method: str, shared: bool, grad: str, cost: torch.Tensor,
-                   eps: float) -> tuple[str, bool]:
-    """(method, factorized): whether the values may be computed without forming the plan."""
+                   eps: float, cost_span: float | None) -> tuple[str, bool]:
+    """(method, factorized): whether the values may be computed without forming the plan.
+    ``cost_span``: max C - min C when the value checks already computed it."""
+    def exponent_range():
+        return scaling_range(cost, eps) if cost_span is None else cost_span / eps
+
     if method == "scaling":
         if not shared:
             raise ValueError("method='scaling' needs a shared (n, m) cost; got a batched cost")
         if grad == "unrolled":
             raise ValueError("grad='unrolled' differentiates the log-domain loop: use method='log'")
-        span = scaling_range(cost, eps)
+        span = exponent_range()
         if span > MAX_RANGE[cost.dtype]:
             raise ValueError(
                 f"method='scaling': (max C - min C)/eps = {span:.4g} exceeds "
@@ -107,7 +133,7 @@ def _choose_method(method: str, shared: bool, grad: str, cost: torch.Tensor,
         return method, span <= AUTO_RANGE[cost.dtype]
     if method == "log" or not shared or grad == "unrolled" or torch.compiler.is_compiling():
         return "log", False  # under torch.compile "auto" avoids the host sync of the range
-    fits = scaling_range(cost, eps) <= AUTO_RANGE[cost.dtype]
+    fits = exponent_range() <= AUTO_RANGE[cost.dtype]
     return ("scaling", True) if fits else ("log", False)
 
 
@@ -138,10 +164,15 @@ def sinkhorn(
             d/db = g - mean g, d/dC = plan for ``transport_cost``; the exact envelope gradient
             for ``objective``), ``"implicit"`` (exact gradient of both values at the fixed
             point), ``"unrolled"`` (autograd through the loop, reference backend only).
-        method: ``"log"`` (log-domain iterations), ``"scaling"`` (two GEMMs per iteration with
-            a shared K = exp(-C/eps), absorption-stabilised; shared cost only) or ``"auto"``:
-            scaling when the cost is shared, grad is not "unrolled" and (max C - min C)/eps
-            <= 50 (float32) / 500 (float64), else log. Both give the same iterates.
+        method: ``"log"`` (log-domain iterations), ``"scaling"`` (two products per iteration
+            with a shared K = exp(-C/eps), absorption-stabilised; shared cost only) or
+            ``"auto"``: scaling when the cost is shared, grad is not "unrolled" and
+            (max C - min C)/eps <= 50 (float32) / 500 (float64), else log. Both give the same
+            iterates. On CPU the scaling form runs the C++ block kernel (16 float32 / 8 float64
+            problems per load of K, one call per solve; with grad="dual" it also returns the
+            values and the dual gradients), except where K has >= 65536 entries and at most a
+            quarter of one block's lanes, or fewer blocks than threads, would be busy: there the
+            batched GEMM loop (``pytransfer.ot.block.use_gemm_loop``; README, Sinkhorn).
         backend: ``"auto" | "reference" | "cpu" | "triton" | "cuda"``.
         return_plan: also return the (B, n, m) plan (differentiable only with "unrolled").
         check_inputs: run value checks (NaN/Inf, signs, masses; needs a host sync).
@@ -149,7 +180,7 @@ def sinkhorn(
     Float16/bfloat16 inputs are upcast to float32. Gradients w.r.t. a and b are centered on the
     positive-mass entries (total mass is constrained, so they are defined up to a constant).
     """
-    device = _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs)
+    device, cost_span = _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs)
     shared = cost.dim() == 2
     single = a.dim() == 1
     if single:
@@ -159,10 +190,18 @@ def sinkhorn(
     if a.dtype in (torch.float16, torch.bfloat16):
         a, b, cost = a.float(), b.float(), cost.float()
     eps = float(eps)
-    method, factorized = _choose_method(method, shared, grad, cost, eps)
+    method, factorized = _choose_method(method, shared, grad, cost, eps, cost_span)
     op = _ops.OP_SCALING if method == "scaling" else _ops.OP
-    name, solve = _dispatch.resolve(op, backend, device.type, n=a.shape[1], m=b.shape[1])
-    if grad == "unrolled":
+    B, n, m = a.shape[0], a.shape[1], b.shape[1]
+    name, solve = _dispatch.resolve(op, backend, device.type, n=n, m=m)
+    converged = None
+    if (name == "cpu" and method == "scaling" and grad == "dual" and not return_plan
+            and not block.use_gemm_loop(B, n, m, a.dtype, torch.get_num_threads())):
+        # the block kernel: solve, values and dual gradients in one call
+        transport, objective, f, g, n_iter, err, converged, _, _ = block.sinkhorn_dual(
+            a, b, cost, eps, max_iter, tol)
+        plan = None
+    elif grad == "unrolled":
         if name != "reference":
             raise ValueError(
                 f"grad='unrolled' differentiates through the iterations and needs "
@@ -176,7 +215,8 @@ def sinkhorn(
             f, g, n_iter, err = solve(a.detach(), b.detach(), cost.detach(), eps, max_iter, tol)
         transport, objective, plan = _ops.sinkhorn_values(a, b, cost, f, g, eps, grad,
                                                           factorized, return_plan)
-    converged = err <= tol * a.detach().sum(-1)
+    if converged is None:
+        converged = err <= tol * a.detach().sum(-1)
     out = SinkhornResult(transport, objective, f, g, n_iter, err, converged,
                          plan if return_plan else None)
     if single:

@@ -1,0 +1,401 @@
+// Scaling-form Sinkhorn over blocks of problems sharing K (issue 13), CPU.
+//
+// One SIMD vector holds one value of W problems (W = 16 float / 8 double lanes): the scalings
+// are stored (n, W) and (m, W), so every load (broadcast) of an entry of the shared
+// K = exp(-(C - min C)/eps) serves W problems, and a product K v is register-blocked over
+// 8 outputs (8 independent FMA chains, one load of v per 8 FMAs). Lanes never interact: a
+// problem's iterates are those of solving it alone, whichever problems share its block.
+// Per-problem exit: a lane whose problem stops (converged, max_iter, or absorbed) is refilled
+// with the next problem of the thread's range, so no lane idles while work is left.
+// Absorption: a scaling outside [lo, hi] hands the problem to the log-domain kernel,
+// warm-started from its last in-range v (as pytransfer.ot.scaling does).
+// Values: <P, C> and the objective from the final potentials, with P factorised by shifted
+// scalings (as values_factorized in pytransfer/ot/reference.py), O(n m) per problem.
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <vector>
+
+#include "sinkhorn_cpu.h"
+
+namespace pytransfer {
+namespace {
+
+template <typename T>
+struct Lanes;
+template <>
+struct Lanes<float> {
+  typedef float V __attribute__((vector_size(64)));
+  static constexpr int W = 16;
+};
+template <>
+struct Lanes<double> {
+  typedef double V __attribute__((vector_size(64)));
+  static constexpr int W = 8;
+};
+
+// out[i] = sum_j M[i, j] x[j] for i < rows; M row-major (rows, len), x and out lane vectors.
+template <typename T, typename V>
+inline void block_product(const T* M, const V* x, int64_t rows, int64_t len, V* out) {
+  int64_t i = 0;
+  for (; i + 8 <= rows; i += 8) {
+    const T* r = M + i * len;
+    V c0 = {}, c1 = {}, c2 = {}, c3 = {}, c4 = {}, c5 = {}, c6 = {}, c7 = {};
+    for (int64_t j = 0; j < len; ++j) {
+      const V xj = x[j];
+      c0 += r[j] * xj;
+      c1 += r[len + j] * xj;
+      c2 += r[2 * len + j] * xj;
+      c3 += r[3 * len + j] * xj;
+      c4 += r[4 * len + j] * xj;
+      c5 += r[5 * len + j] * xj;
+      c6 += r[6 * len + j] * xj;
+      c7 += r[7 * len + j] * xj;
+    }
+    out[i] = c0, out[i + 1] = c1, out[i + 2] = c2, out[i + 3] = c3;
+    out[i + 4] = c4, out[i + 5] = c5, out[i + 6] = c6, out[i + 7] = c7;
+  }
+  for (; i + 4 <= rows; i += 4) {
+    const T* r = M + i * len;
+    V c0 = {}, c1 = {}, c2 = {}, c3 = {};
+    for (int64_t j = 0; j < len; ++j) {
+      const V xj = x[j];
+      c0 += r[j] * xj;
+      c1 += r[len + j] * xj;
+      c2 += r[2 * len + j] * xj;
+      c3 += r[3 * len + j] * xj;
+    }
+    out[i] = c0, out[i + 1] = c1, out[i + 2] = c2, out[i + 3] = c3;
+  }
+  for (; i < rows; ++i) {  // the last rows: four partial sums, so FMAs do not wait on each other
+    const T* r = M + i * len;
+    V c0 = {}, c1 = {}, c2 = {}, c3 = {};
+    int64_t j = 0;
+    for (; j + 4 <= len; j += 4) {
+      c0 += r[j] * x[j];
+      c1 += r[j + 1] * x[j + 1];
+      c2 += r[j + 2] * x[j + 2];
+      c3 += r[j + 3] * x[j + 3];
+    }
+    for (; j < len; ++j) c0 += r[j] * x[j];
+    out[i] = (c0 + c1) + (c2 + c3);
+  }
+}
+
+// x_new = w / den on the support (w > 0), 0 elsewhere; returns the lanes with a supported
+// entry outside [lo, hi] or not finite (all-ones lanes in the mask vector).
+template <typename T, typename V>
+inline V divide(const V* w, const V* den, int64_t len, T lo, T hi, V* x_new) {
+  typedef decltype(w[0] > w[0]) M;
+  M bad = {};
+  const V zero = {}, one = zero + T(1), vlo = zero + lo, vhi = zero + hi;
+  for (int64_t k = 0; k < len; ++k) {
+    const M sup = w[k] > zero;
+    const V x = sup ? w[k] / (sup ? den[k] : one) : zero;
+    bad |= sup & ~((x >= vlo) & (x <= vhi));
+    x_new[k] = x;
+  }
+  return bad ? one : zero;
+}
+
+// <P, C> and <P, C> + eps KL(P || a b^T) of one problem from its potentials (cost units),
+// P = e^(Fmax + Gmax) diag(u) E diag(v), u = exp(F - Fmax), v = exp(G - Gmax) in (0, 1],
+// F = (f - cmin)/eps, G = g/eps, E = exp(-(C - cmin)/eps); zero-mass entries carry no mass.
+template <typename T>
+void values_one(const T* a, const T* b, const T* E, const T* EC, int64_t n, int64_t m, T eps,
+                T cmin, const T* f, const T* g, T* u, T* v, T* col, T* transport, T* objective,
+                T* fc, T* gc) {
+  const T ninf = -std::numeric_limits<T>::infinity();
+  T fmax = ninf, gmax = ninf, ma = 0, mb = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (a[i] > 0) fmax = std::max(fmax, (f[i] - cmin) / eps), ma += a[i];
+  for (int64_t j = 0; j < m; ++j)
+    if (b[j] > 0) gmax = std::max(gmax, g[j] / eps), mb += b[j];
+  for (int64_t i = 0; i < n; ++i) u[i] = a[i] > 0 ? std::exp((f[i] - cmin) / eps - fmax) : T(0);
+  for (int64_t j = 0; j < m; ++j) v[j] = b[j] > 0 ? std::exp(g[j] / eps - gmax) : T(0);
+  const T scale = std::exp(fmax + gmax);
+  std::fill(col, col + m, T(0));
+  T tc = 0, obj = 0, total = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const T* e = E + i * m;
+    const T* ec = EC + i * m;
+    T ev = 0, ecv = 0;
+#pragma omp simd reduction(+ : ev, ecv)
+    for (int64_t j = 0; j < m; ++j) {
+      ev += e[j] * v[j];
+      ecv += ec[j] * v[j];
+    }
+    const T ui = u[i];
+#pragma omp simd
+    for (int64_t j = 0; j < m; ++j) col[j] += e[j] * ui;
+    const T r = scale * ui * ev;
+    tc += scale * ui * ecv;
+    total += r;
+    if (a[i] > 0) obj += r * (f[i] - eps * std::log(a[i]));
+  }
+  for (int64_t j = 0; j < m; ++j)
+    if (b[j] > 0) obj += scale * v[j] * col[j] * (g[j] - eps * std::log(b[j]));
+  *transport = tc;
+  *objective = obj - eps * total + eps * ma * mb;
+  // The dual gradients of <P, C> (JTLN eq. 11): the potentials centred on the supports.
+  T sf = 0, sg = 0;
+  int64_t kf = 0, kg = 0;
+  for (int64_t i = 0; i < n; ++i)
+    if (a[i] > 0) sf += f[i], ++kf;
+  for (int64_t j = 0; j < m; ++j)
+    if (b[j] > 0) sg += g[j], ++kg;
+  for (int64_t i = 0; i < n; ++i) fc[i] = f[i] - sf / T(kf);
+  for (int64_t j = 0; j < m; ++j) gc[j] = g[j] - sg / T(kg);
+}
+
+template <typename T>
+struct Problem {  // the shared inputs of one solve
+  const T *a, *b, *cost, *E, *ET;
+  int64_t n, m;
+  T eps, cmin;
+  int64_t max_iter;
+  T tol, lo, hi;
+  T *f, *g;
+  int64_t* n_iter;
+  T* err;
+  uint8_t* absorbed;
+};
+
+// Solves problems [p0, p1) with one block of W lanes, refilled as problems finish.
+template <typename T>
+void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
+  typedef typename Lanes<T>::V V;
+  constexpr int W = Lanes<T>::W;
+  const int64_t n = P.n, m = P.m;
+  std::vector<V> A(n), Bw(m), u(n), u_new(n), kv(n), v(m), v_new(m), ktu(m);
+  std::vector<T> g_init(m);
+  int64_t id[W], it[W];
+  T thr[W];
+  int64_t next = p0;
+  auto load = [&](int l) {  // the next problem into lane l (or an empty lane: all zero)
+    const int64_t p = next < p1 ? next++ : -1;
+    id[l] = p;
+    it[l] = 0;
+    T mass = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      A[i][l] = p >= 0 ? P.a[p * n + i] : T(0);
+      u[i][l] = 0;
+      mass += A[i][l];
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      Bw[j][l] = p >= 0 ? P.b[p * m + j] : T(0);
+      v[j][l] = Bw[j][l] > 0 ? T(1) : T(0);
+    }
+    thr[l] = P.tol * mass;
+  };
+  auto finish = [&](int l, T e) {
+    const int64_t p = id[l];
+    for (int64_t i = 0; i < n; ++i)
+      P.f[p * n + i] = (A[i][l] > 0 ? P.eps * std::log(u[i][l]) : -P.eps * std::log(kv[i][l])) +
+                       P.cmin;
+    for (int64_t j = 0; j < m; ++j)
+      P.g[p * m + j] = Bw[j][l] > 0 ? P.eps * std::log(v[j][l]) : -P.eps * std::log(ktu[j][l]);
+    P.n_iter[p] = it[l];
+    P.err[p] = e;
+    P.absorbed[p] = 0;
+    id[l] = -1;
+  };
+  auto absorb = [&](int l) {  // continue in the log domain from the (in-range) v of lane l
+    const int64_t p = id[l];
+    for (int64_t j = 0; j < m; ++j)
+      g_init[j] = Bw[j][l] > 0 ? P.eps * std::log(v[j][l]) : T(0);
+    int64_t more = 0;
+    sinkhorn_log_cpu<T>(P.a + p * n, P.b + p * m, P.cost, 1, n, m, true, P.eps,
+                        std::max<int64_t>(P.max_iter - it[l], 1), P.tol, g_init.data(),
+                        P.f + p * n, P.g + p * m, &more, P.err + p, 1);
+    P.n_iter[p] = it[l] + more;
+    P.absorbed[p] = 1;
+    id[l] = -1;
+  };
+  for (int l = 0; l < W; ++l) load(l);
+  const V zero = {};
+  for (;;) {
+    int live = 0, check = 0;
+    for (int l = 0; l < W; ++l) {
+      live += id[l] >= 0;
+      check += id[l] >= 0 && (it[l] == P.max_iter || (it[l] > 0 && P.tol > 0));
+    }
+    if (!live) break;
+    block_product(P.E, v.data(), n, m, kv.data());  // K v
+    if (check) {  // marginal error of the state (u, v): a by-product of K v
+      V e = {};
+      for (int64_t i = 0; i < n; ++i) {
+        const V d = u[i] * kv[i] - A[i];
+        e += A[i] > zero ? (d < zero ? -d : d) : zero;
+      }
+      for (int l = 0; l < W; ++l)
+        if (id[l] >= 0 && (it[l] == P.max_iter || (it[l] > 0 && P.tol > 0 && e[l] <= thr[l])))
+          finish(l, e[l]);
+    }
+    V bad = divide<T>(A.data(), kv.data(), n, P.lo, P.hi, u_new.data());
+    for (int l = 0; l < W; ++l)
+      if (bad[l] != 0 && id[l] >= 0) absorb(l);  // v is in range
+    std::swap(u, u_new);
+    block_product(P.ET, u.data(), m, n, ktu.data());  // K^T u
+    bad = divide<T>(Bw.data(), ktu.data(), m, P.lo, P.hi, v_new.data());
+    for (int l = 0; l < W; ++l)
+      if (bad[l] != 0 && id[l] >= 0) absorb(l);  // v (old) is in range
+    std::swap(v, v_new);
+    for (int l = 0; l < W; ++l) {
+      if (id[l] >= 0)
+        ++it[l];
+      else
+        load(l);
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
+                        T eps, int64_t max_iter, T tol, T lo, T hi, T* f, T* g, int64_t* n_iter,
+                        T* err, uint8_t* absorbed, uint8_t* converged, T* transport, T* objective,
+                        T* fc, T* gc, int threads) {
+  T cmin = cost[0];
+  for (int64_t k = 0; k < n * m; ++k) cmin = std::min(cmin, cost[k]);
+  std::vector<T> E(n * m), ET(m * n), EC(n * m);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < m; ++j) {
+      const T e = std::exp(-(cost[i * m + j] - cmin) / eps);
+      E[i * m + j] = e;
+      ET[j * n + i] = e;
+      EC[i * m + j] = e * cost[i * m + j];
+    }
+  const Problem<T> P{a, b, cost, E.data(), ET.data(), n, m, eps, cmin, max_iter, tol, lo, hi,
+                     f, g, n_iter, err, absorbed};
+  constexpr int64_t W = Lanes<T>::W;
+  // Contiguous ranges of whole blocks, about two per thread.
+  const int64_t blocks = (B + W - 1) / W;
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(blocks, 2 * threads));
+#pragma omp parallel num_threads(threads)
+  {
+#pragma omp for schedule(dynamic, 1)
+    for (int64_t c = 0; c < chunks; ++c)
+      solve_range(P, std::min(B, blocks * c / chunks * W), std::min(B, blocks * (c + 1) / chunks * W));
+    if (converged != nullptr) {
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < B; ++p) {
+        T mass = 0;
+        for (int64_t i = 0; i < n; ++i) mass += a[p * n + i];
+        converged[p] = err[p] <= tol * mass;
+      }
+    }
+    if (transport != nullptr) {
+      std::vector<T> work(2 * n + 2 * m);
+#pragma omp for schedule(static)
+      for (int64_t p = 0; p < B; ++p)
+        values_one(a + p * n, b + p * m, E.data(), EC.data(), n, m, eps, cmin, f + p * n,
+                   g + p * m, work.data(), work.data() + n, work.data() + n + m, transport + p,
+                   objective + p, fc + p * n, gc + p * m);
+    }
+  }
+}
+
+// The value checks of sinkhorn(check_inputs=True) in one pass over a, b and cost: every entry
+// finite, weights >= 0, every problem's masses > 0 and equal within rtol (relative, in double).
+// Returns whether all hold; *span = max C - min C (the exponent range of K times eps).
+template <typename T>
+bool sinkhorn_check(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
+                    int64_t cost_count, double rtol, double* span) {
+  bool ok = true;
+  for (int64_t p = 0; p < B; ++p) {
+    double ma = 0, mb = 0;
+    bool good = true;
+    for (int64_t i = 0; i < n; ++i) {
+      const T x = a[p * n + i];
+      good &= std::isfinite(x) & (x >= 0);
+      ma += x;
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      const T x = b[p * m + j];
+      good &= std::isfinite(x) & (x >= 0);
+      mb += x;
+    }
+    ok &= good && ma > 0 && mb > 0 && std::abs(ma - mb) <= rtol * std::max(ma, mb);
+  }
+  T lo = cost[0], hi = cost[0];
+  bool finite = true;
+  for (int64_t k = 0; k < cost_count; ++k) {
+    finite &= std::isfinite(cost[k]);
+    lo = std::min(lo, cost[k]);
+    hi = std::max(hi, cost[k]);
+  }
+  *span = static_cast<double>(hi) - static_cast<double>(lo);
+  return ok && finite;
+}
+
+template void sinkhorn_block_cpu<float>(const float*, const float*, const float*, int64_t,
+                                        int64_t, int64_t, float, int64_t, float, float, float,
+                                        float*, float*, int64_t*, float*, uint8_t*, uint8_t*,
+                                        float*, float*, float*, float*, int);
+template void sinkhorn_block_cpu<double>(const double*, const double*, const double*, int64_t,
+                                         int64_t, int64_t, double, int64_t, double, double,
+                                         double, double*, double*, int64_t*, double*, uint8_t*,
+                                         uint8_t*, double*, double*, double*, double*, int);
+
+}  // namespace pytransfer
+
+// ------------------------------------------------------------------ Python bindings
+#include <stdexcept>
+#include <string>
+
+#include "bindings.h"
+
+PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
+  using pytransfer::ptr;
+  m.def(
+      "sinkhorn_block",
+      [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t cost,
+         int64_t B, int64_t n, int64_t m_, double eps, int64_t max_iter, double tol, double lo,
+         double hi, std::uintptr_t f, std::uintptr_t g, std::uintptr_t n_iter, std::uintptr_t err,
+         std::uintptr_t absorbed, std::uintptr_t converged, std::uintptr_t transport,
+         std::uintptr_t objective, std::uintptr_t fc, std::uintptr_t gc, int threads) {
+        if (dtype != "float32" && dtype != "float64")
+          throw std::invalid_argument("sinkhorn_block: dtype must be float32 or float64");
+        pybind11::gil_scoped_release nogil;
+        if (dtype == "float32")
+          pytransfer::sinkhorn_block_cpu<float>(
+              ptr<const float>(a), ptr<const float>(b), ptr<const float>(cost), B, n, m_,
+              static_cast<float>(eps), max_iter, static_cast<float>(tol), static_cast<float>(lo),
+              static_cast<float>(hi), ptr<float>(f), ptr<float>(g), ptr<int64_t>(n_iter),
+              ptr<float>(err), ptr<uint8_t>(absorbed), ptr<uint8_t>(converged),
+              ptr<float>(transport), ptr<float>(objective), ptr<float>(fc), ptr<float>(gc), threads);
+        else
+          pytransfer::sinkhorn_block_cpu<double>(
+              ptr<const double>(a), ptr<const double>(b), ptr<const double>(cost), B, n, m_, eps,
+              max_iter, tol, lo, hi, ptr<double>(f), ptr<double>(g), ptr<int64_t>(n_iter),
+              ptr<double>(err), ptr<uint8_t>(absorbed), ptr<uint8_t>(converged),
+              ptr<double>(transport), ptr<double>(objective), ptr<double>(fc), ptr<double>(gc), threads);
+      },
+      "Scaling-form Sinkhorn over blocks of problems sharing K, with values "
+      "(see csrc/sinkhorn_cpu.h)");
+  m.def(
+      "sinkhorn_check",
+      [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t cost,
+         int64_t B, int64_t n, int64_t m_, int64_t cost_count, double rtol) {
+        if (dtype != "float32" && dtype != "float64")
+          throw std::invalid_argument("sinkhorn_check: dtype must be float32 or float64");
+        double span = 0;
+        bool ok;
+        {
+          pybind11::gil_scoped_release nogil;
+          ok = dtype == "float32"
+                   ? pytransfer::sinkhorn_check<float>(ptr<const float>(a), ptr<const float>(b),
+                                                       ptr<const float>(cost), B, n, m_,
+                                                       cost_count, rtol, &span)
+                   : pytransfer::sinkhorn_check<double>(ptr<const double>(a),
+                                                        ptr<const double>(b),
+                                                        ptr<const double>(cost), B, n, m_,
+                                                        cost_count, rtol, &span);
+        }
+        return pybind11::make_tuple(ok, span);
+      },
+      "One-pass value checks of sinkhorn's inputs: (all valid, max C - min C)");
+}
