@@ -3,14 +3,20 @@ call it (:func:`call`).
 
 The extension takes tensors as raw data pointers plus sizes (it links no libtorch), so a wrong
 dtype, shape, device or layout is memory corruption, not an error. :func:`call` is the boundary:
-every tensor argument is declared with :func:`src` (read) or :func:`dst` (written) and the shape
-the kernel will assume; the call checks each against the declaration, keeps the contiguous
-copies of inputs alive until the kernel returns, names the dtype and passes the thread count.
+every tensor argument is declared with :func:`src` (read), :func:`dst` (written) or
+:func:`out` (a fresh output allocated here from its declaration) and the shape the kernel will
+assume; the call checks each against the declaration, keeps the contiguous copies of inputs
+alive until the kernel returns, names the dtype and passes the thread count.
+
+Cost (issue 13, fixed per-call overhead): the common case is one combined comparison per
+buffer (device, dtype, contiguity, shape as one tuple compare); only a failing buffer takes
+the slow path that says what is wrong. :func:`out` buffers need no check: their tensor was
+made here from the very shape and dtype the kernel is told.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 
@@ -40,25 +46,57 @@ def triton_unavailable() -> str | None:
     return None
 
 
-class Buffer(NamedTuple):
-    """A tensor argument of :func:`call`: the shape (and dtype, default the call's) the kernel
-    assumes, and whether the kernel writes it."""
+class Buffer(tuple):
+    """A tensor argument of :func:`call`: (tensor, shape the kernel assumes, dtype or None
+    for the call's, whether the kernel writes it, whether :func:`out` allocated it)."""
 
-    tensor: torch.Tensor | None
-    shape: tuple[int, ...]
-    dtype: torch.dtype | None
-    writes: bool
+    __slots__ = ()
+
+    @property
+    def tensor(self) -> torch.Tensor | None:
+        return self[0]
 
 
 def src(x: torch.Tensor | None, *shape: int, dtype: torch.dtype | None = None) -> Buffer:
     """A buffer the kernel reads (copied to contiguous memory when needed). ``None`` passes a
     null pointer (an absent optional input)."""
-    return Buffer(x, shape, dtype, False)
+    return Buffer((x, shape, dtype, False, False))
 
 
 def dst(x: torch.Tensor, *shape: int, dtype: torch.dtype | None = None) -> Buffer:
     """A buffer the kernel writes in place: it must already be contiguous."""
-    return Buffer(x, shape, dtype, True)
+    return Buffer((x, shape, dtype, True, False))
+
+
+#: an empty CPU tensor per dtype: ``new_empty`` on it is the cheapest allocation call
+_PROTOTYPES = {d: torch.empty(0, dtype=d) for d in (torch.float32, torch.float64, torch.int64,
+                                                     torch.int32, torch.uint8, torch.bool)}
+
+
+def out(dtype: torch.dtype, size: int, *sizes: int) -> Buffer:
+    """A fresh output of shape (size, *sizes) and ``dtype`` (CPU, contiguous), allocated here,
+    so :func:`call` trusts it without checks; the kernel's result is ``.tensor``."""
+    return Buffer((_PROTOTYPES[dtype].new_empty(size, *sizes), (size, *sizes), dtype, True,
+                   True))
+
+
+def _bad(name: str, i: int, arg: Buffer, dtype: torch.dtype) -> Exception | None:
+    """What is wrong with buffer ``i`` (the slow path of :func:`call`), or None if nothing."""
+    x, shape, want, writes, _ = arg
+    want = want or dtype
+    if x is None:
+        return ValueError(f"{name}: output argument {i} is None") if writes else None
+    if not x.is_cpu:
+        return ValueError(f"{name}: argument {i} is on {x.device}; the C++ kernels take CPU "
+                          f"tensors")
+    if x.dtype is not want:
+        return TypeError(f"{name}: argument {i} has dtype {x.dtype}, the kernel reads {want}")
+    if x.shape != shape:
+        return ValueError(f"{name}: argument {i} has shape {tuple(x.shape)}, the kernel "
+                          f"assumes {shape}")
+    if writes and not x.is_contiguous():
+        return ValueError(f"{name}: output argument {i} is not contiguous")
+    return None
 
 
 def call(name: str, dtype: torch.dtype, *args: Any, threads: bool = True) -> Any:
@@ -66,7 +104,8 @@ def call(name: str, dtype: torch.dtype, *args: Any, threads: bool = True) -> Any
     :class:`Buffer` argument checked and passed as a data pointer; other arguments as given."""
     if _C is None:
         raise RuntimeError(IMPORT_ERROR)
-    if dtype not in DTYPE_NAMES:
+    dname = DTYPE_NAMES.get(dtype)
+    if dname is None:
         raise TypeError(f"{name}: the C++ kernels take float32 or float64, got {dtype}")
     alive, flat = [], []  # alive: the contiguous copies, held until the kernel has returned
     for i, arg in enumerate(args):
@@ -75,32 +114,29 @@ def call(name: str, dtype: torch.dtype, *args: Any, threads: bool = True) -> Any
                 raise TypeError(f"{name}: argument {i} is a bare tensor; declare it with src/dst")
             flat.append(arg)
             continue
-        x = arg.tensor
-        if x is None:
-            if arg.writes:
-                raise ValueError(f"{name}: output argument {i} is None")
-            flat.append(0)
+        x, shape, want, writes, fresh = arg
+        if fresh:  # allocated by ``out`` from this very declaration
+            flat.append(x.data_ptr())
             continue
-        if not x.is_cpu:
-            raise ValueError(f"{name}: argument {i} is on {x.device}; the C++ kernels take CPU "
-                             f"tensors")
-        if x.dtype is not (arg.dtype or dtype):
-            raise TypeError(f"{name}: argument {i} has dtype {x.dtype}, the kernel reads "
-                            f"{arg.dtype or dtype}")
-        if x.shape != arg.shape:
-            raise ValueError(f"{name}: argument {i} has shape {tuple(x.shape)}, the kernel "
-                             f"assumes {tuple(arg.shape)}")
-        if not x.is_contiguous():
-            if arg.writes:
-                raise ValueError(f"{name}: output argument {i} is not contiguous")
-            # e.g. an expanded view: its copy may not fit
-            _checks.fits(f"{name}: a contiguous copy of argument {i} {tuple(arg.shape)}",
-                         x.numel() * x.element_size(), x.device)
-            x = x.contiguous()
-            alive.append(x)
+        if (x is not None and x.is_cpu and x.dtype is (want or dtype) and x.is_contiguous()
+                and x.shape == shape):
+            flat.append(x.data_ptr())
+            continue
+        if x is None and not writes:
+            flat.append(0)  # an absent optional input: a null pointer
+            continue
+        error = _bad(name, i, arg, dtype)
+        if error is not None:
+            raise error
+        # a readable input in the declared shape, not contiguous (e.g. an expanded view):
+        # its copy may not fit
+        _checks.fits(f"{name}: a contiguous copy of argument {i} {shape}",
+                     x.numel() * x.element_size(), x.device)
+        x = x.contiguous()
+        alive.append(x)
         flat.append(x.data_ptr())
     if threads:
         flat.append(torch.get_num_threads())
-    out = getattr(_C, name)(DTYPE_NAMES[dtype], *flat)
+    result = getattr(_C, name)(dname, *flat)
     del alive
-    return out
+    return result

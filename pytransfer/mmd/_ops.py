@@ -29,31 +29,43 @@ def _rows_per_tile(N: int) -> int:
 
 
 # ------------------------------------------------------------------ linear, CPU (C++)
+def linear_fwd_sums(xs, xt, gammas, weights, square):
+    """(sum over tuples of each kernel's h term (U,) float64, coef (P, 4)): the C++ forward,
+    as a plain function (``MKMMDLoss``'s eager path calls it without the custom op)."""
+    (n, d), U = xs.shape, gammas.shape[0]
+    P = n // 2
+    h = torch.zeros(U, dtype=torch.float64)  # accumulated into
+    coef = _ext.out(xs.dtype, P, 4)
+    _ext.call("mmd_linear_fwd", xs.dtype, _ext.src(xs, n, d), _ext.src(xt, n, d), P, d,
+              _ext.src(gammas, U), _ext.src(weights, U), _ext.src(square, U, dtype=torch.int32),
+              U, _ext.dst(h, U, dtype=torch.float64), coef)
+    return h, coef.tensor
+
+
+def linear_bwd(xs, xt, coef, scale: float):
+    """(d/dxs, d/dxt) of ``scale`` times the tuple sum from ``coef``: the C++ backward as a
+    plain function."""
+    (n, d), P = xs.shape, coef.shape[0]
+    gxs, gxt = _ext.out(xs.dtype, n, d), _ext.out(xs.dtype, n, d)
+    _ext.call("mmd_linear_bwd", xs.dtype, _ext.src(xs, n, d), _ext.src(xt, n, d),
+              _ext.src(coef, P, 4), P, d, scale, gxs, gxt)
+    return gxs.tensor, gxt.tensor
+
+
 @torch.library.custom_op("pytransfer::mmd_linear_fwd_cpu", mutates_args=())
 def mmd_linear_fwd_cpu(
     xs: torch.Tensor, xt: torch.Tensor, gammas: torch.Tensor, weights: torch.Tensor,
     square: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    (n, d), U = xs.shape, gammas.shape[0]
-    P = n // 2
-    h = torch.zeros(U, dtype=torch.float64)
-    coef = xs.new_empty((P, 4))
-    _ext.call("mmd_linear_fwd", xs.dtype, _ext.src(xs, n, d), _ext.src(xt, n, d), P, d,
-              _ext.src(gammas, U), _ext.src(weights, U), _ext.src(square, U, dtype=torch.int32),
-              U, _ext.dst(h, U, dtype=torch.float64), _ext.dst(coef, P, 4))
-    return (h / P).to(xs.dtype), coef
+    h, coef = linear_fwd_sums(xs, xt, gammas, weights, square)
+    return (h / coef.shape[0]).to(xs.dtype), coef
 
 
 @torch.library.custom_op("pytransfer::mmd_linear_bwd_cpu", mutates_args=())
 def mmd_linear_bwd_cpu(
     xs: torch.Tensor, xt: torch.Tensor, coef: torch.Tensor, grad: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    (n, d), P = xs.shape, coef.shape[0]
-    gxs, gxt = xs.new_empty(xs.shape), xt.new_empty(xt.shape)
-    _ext.call("mmd_linear_bwd", xs.dtype, _ext.src(xs, n, d), _ext.src(xt, n, d),
-              _ext.src(coef, P, 4), P, d, 2.0 * float(grad) / P, _ext.dst(gxs, n, d),
-              _ext.dst(gxt, n, d))
-    return gxs, gxt
+    return linear_bwd(xs, xt, coef, 2.0 * float(grad) / coef.shape[0])
 
 
 # ------------------------------------------------------------------ linear, Triton

@@ -70,6 +70,19 @@ def gaussian_kernels(
     return KernelSpec(tuple(multipliers), base)
 
 
+def _moments_cpu(xs: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum ||z||^2 (1,), sum z (d,)) over the pooled rows, z = x - xs[0], float64: one pass
+    of the C++ kernel per input."""
+    d = xs.shape[1]
+    colsum = torch.zeros(d, dtype=torch.float64)
+    sq = torch.zeros(1, dtype=torch.float64)
+    for x in (xs, xt):
+        _ext.call("mmd_moments", x.dtype, _ext.src(x, x.shape[0], d), x.shape[0], d,
+                  _ext.src(xs[0], d), _ext.dst(colsum, d, dtype=torch.float64),
+                  _ext.dst(sq, 1, dtype=torch.float64))
+    return sq, colsum
+
+
 def centered_sq(xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
     """sum_i ||x_i - mean||^2 over the pooled rows, float64, detached. On CPU one pass of the
     C++ kernel with float64 accumulators about the shift xs[0] (sum ||z||^2 - ||sum z||^2 / N,
@@ -78,16 +91,20 @@ def centered_sq(xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
     N = xs.shape[0] + xt.shape[0]
     if (xs.device.type == "cpu" and _ext.unavailable() is None and not torch.compiler.is_compiling()
             and xs.dtype in (torch.float32, torch.float64)):
-        d = xs.shape[1]
-        colsum = torch.zeros(d, dtype=torch.float64)
-        sq = torch.zeros(1, dtype=torch.float64)
-        for x in (xs, xt):
-            _ext.call("mmd_moments", x.dtype, _ext.src(x, x.shape[0], d), x.shape[0], d,
-                      _ext.src(xs[0], d), _ext.dst(colsum, d, dtype=torch.float64),
-                      _ext.dst(sq, 1, dtype=torch.float64))
+        sq, colsum = _moments_cpu(xs, xt)
         return sq[0] - colsum.square().sum() / N
     x = torch.cat([xs, xt]).double()
     return (x - x.mean(0)).square().sum()
+
+
+def bandwidth_cpu(xs: torch.Tensor, xt: torch.Tensor) -> float:
+    """:func:`bandwidth` in float64 as a Python float, without its checks, for CPU
+    float32/float64 (n, d) inputs with the extension built (C++ moments, one torch op): not
+    finite when an input is not (or the distances overflow float64)."""
+    xs, xt = xs.detach(), xt.detach()
+    N = xs.shape[0] + xt.shape[0]
+    sq, colsum = _moments_cpu(xs, xt)
+    return 2 * (sq.item() - torch.dot(colsum, colsum).item() / N) / (N - 1)
 
 
 def bandwidth_from_moments(count: int | torch.Tensor, centered_sq: torch.Tensor) -> torch.Tensor:

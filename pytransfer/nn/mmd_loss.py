@@ -10,24 +10,25 @@ from pytransfer.mmd import KernelSpec, gaussian_kernels, mk_mmd, optimize_kernel
 from pytransfer.mmd import _ops as mmd_ops
 from pytransfer.mmd.distributed import global_bandwidth, global_mk_mmd, global_weights
 from pytransfer.mmd.functional import check_features
-from pytransfer.mmd.spec import bandwidth, resolve
+from pytransfer.mmd.spec import bandwidth, bandwidth_cpu, resolve
 
 
 class _LinearCPU(torch.autograd.Function):
-    """``mmd_ops.mmd_linear`` with constant gammas and weights, without its custom-op round
-    trip: the C++ forward (h, coef) and backward kernels only (eager, CPU)."""
+    """``mmd_ops.mmd_linear`` with constant gammas and weights, without the dispatcher: the
+    plain functions behind its C++ forward (h, coef) and backward custom ops (eager, CPU;
+    the custom ops stay for torch.compile and opcheck)."""
 
     @staticmethod
-    def forward(ctx, xs, xt, gammas, weights, square):
-        h, coef = mmd_ops.mmd_linear_fwd_cpu(xs, xt, gammas, weights, square)
+    def forward(ctx, xs, xt, gammas, weights, weights64, square):
+        h, coef = mmd_ops.linear_fwd_sums(xs, xt, gammas, weights, square)
         ctx.save_for_backward(xs, xt, coef)
-        return (weights * h).sum()
+        return (torch.dot(weights64, h) / coef.shape[0]).to(xs.dtype)
 
     @staticmethod
     def backward(ctx, grad):
         xs, xt, coef = ctx.saved_tensors
-        gxs, gxt = mmd_ops.mmd_linear_bwd_cpu(xs, xt, coef, grad)
-        return gxs, gxt, None, None, None
+        gxs, gxt = mmd_ops.linear_bwd(xs, xt, coef, 2.0 * float(grad) / coef.shape[0])
+        return gxs, gxt, None, None, None, None
 
 
 class MKMMDLoss(torch.nn.Module):
@@ -71,17 +72,21 @@ class MKMMDLoss(torch.nn.Module):
                 and xs.shape[0] >= 2 and xs.shape[0] % 2 == 0)
 
     def _linear_cpu(self, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
-        base = bandwidth(xs, xt)  # the C++ moments pass: finite iff every entry is finite
-        if self.check_inputs and not bool(torch.isfinite(base)):
-            check_features(xs, xt, True)  # names the bad input (or the overflow passes)
+        base = bandwidth_cpu(xs, xt)  # the C++ moments pass: finite iff every entry is finite
+        info = torch.finfo(xs.dtype)
+        if not base <= info.max:  # NaN/Inf in an input, or a bandwidth overflowing the dtype
+            bandwidth(xs, xt)  # names the bad input or the overflow
+            raise ValueError(f"the kernel bandwidth {base:.3g} is not finite in {xs.dtype}")
         if xs.dtype not in self._constants:  # gammas at base 1, weights, squaring flags
             U = self.kernels.num
             uniform = torch.full((U,), 1.0 / U, dtype=xs.dtype)
-            self._constants[xs.dtype] = resolve(self.kernels, uniform,
-                                                torch.ones((), dtype=xs.dtype), xs.dtype)
-        unit, weights, square = self._constants[xs.dtype]
-        floor = torch.finfo(xs.dtype).tiny ** 0.5  # as resolve: a degenerate batch, base 0
-        return _LinearCPU.apply(xs, xt, unit / base.clamp_min(floor), weights, square)
+            unit, weights, square = resolve(self.kernels, uniform,
+                                            torch.ones((), dtype=xs.dtype), xs.dtype)
+            self._constants[xs.dtype] = unit, weights, weights.double(), square
+        unit, weights, weights64, square = self._constants[xs.dtype]
+        # as resolve: a degenerate batch (base 0) takes the smallest safe base
+        gammas = unit / max(base, info.tiny ** 0.5)
+        return _LinearCPU.apply(xs, xt, gammas, weights, weights64, square)
 
     def forward(self, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
         if self._fast_path(xs, xt):

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 
 import torch
 
-from pytransfer import _checks
-from pytransfer.ot import sinkhorn
+from pytransfer import _checks, _ext
+from pytransfer.ot import SinkhornResult, block, sinkhorn
+from pytransfer.ot.scaling import AUTO_RANGE
+from pytransfer.ot.sinkhorn import MASS_RTOL
 
 REDUCTIONS = ("mean", "sum", "none")
+_FAST_DTYPES = (torch.float32, torch.float64)
 
 
 class OTLoss(torch.nn.Module):
@@ -21,6 +25,11 @@ class OTLoss(torch.nn.Module):
     outputs is the paper's eq. 11, (1/lambda) log u centered, with lambda = 1/eps.
     The last ``SinkhornResult`` is kept (detached) as ``last_result``; the first forward in
     which some problems stop unconverged at ``max_iter`` warns once, with their count.
+
+    The common training call (CPU float32/float64, contiguous, grad="dual", the scaling form
+    chosen by ``sinkhorn(method="auto")`` and its block kernel) takes a fast path with the same
+    checks and results: one C++ pass validates the outputs and the cost, one C++ call solves
+    and returns the values and the dual gradients (``pytransfer.ot.block``).
     """
 
     def __init__(self, cost: torch.Tensor, eps: float = 0.1, max_iter: int = 100,
@@ -36,17 +45,65 @@ class OTLoss(torch.nn.Module):
         self.last_result, self._warned = None, False
         self.eps, self.max_iter, self.tol = eps, max_iter, tol
         self.grad, self.reduction, self.backend = grad, reduction, backend
+        #: dtype -> (the cost buffer it was made from, its version, the (1, n, m) cost)
+        self._work: dict[torch.dtype, tuple[torch.Tensor, int, torch.Tensor]] = {}
+
+    def _work_cost(self, dtype: torch.dtype) -> torch.Tensor:
+        """The cost as a contiguous (1, n, m) ``dtype`` tensor, made again when the buffer was
+        replaced or modified in place (its version counter); eps is re-checked against it."""
+        cost = self.cost
+        hit = self._work.get(dtype)
+        if hit is not None and hit[0] is cost and hit[1] == cost._version:
+            return hit[2]
+        _checks.entropic_scale(self.eps, cost, True)
+        work = cost.detach().to(dtype).reshape(1, *cost.shape).contiguous()
+        self._work[dtype] = (cost, cost._version, work)
+        return work
+
+    def _fast(self, p_source: object, p_target: object) -> SinkhornResult | None:
+        """The fused path's result, or None where the general path must run (any other
+        configuration, and every bad input: the general path names the problem)."""
+        if not (type(p_source) is torch.Tensor and type(p_target) is torch.Tensor
+                and self.grad == "dual" and p_source.dtype in _FAST_DTYPES
+                and p_target.dtype is p_source.dtype and p_source.is_cpu and p_target.is_cpu
+                and p_source.dim() == 2 and p_target.dim() == 2
+                and p_source.is_contiguous() and p_target.is_contiguous()
+                and not self.cost.requires_grad and self.cost.is_cpu
+                and _ext.unavailable() is None and not torch.compiler.is_compiling()):
+            return None
+        (B, n), (Bt, m) = p_source.shape, p_target.shape
+        if B != Bt or B == 0 or (n, m) != self.cost.shape:
+            return None
+        backend = self.backend
+        if backend == "auto":
+            backend = os.environ.get("PYTRANSFER_BACKEND", "auto")
+        if (backend not in ("auto", "cpu")
+                or block.use_gemm_loop(B, n, m, p_source.dtype, torch.get_num_threads())):
+            return None
+        eps = float(self.eps)
+        cost = self._work_cost(p_source.dtype)
+        ok, span = block.check(p_source, p_target, cost, _MASS_RTOL[p_source.dtype])
+        if not ok or span / eps > AUTO_RANGE[p_source.dtype]:
+            return None  # a bad value (named by the general path), or the log domain
+        transport, objective, f, g, n_iter, err, converged, _, _ = block.sinkhorn_dual(
+            p_source, p_target, cost, eps, self.max_iter, self.tol)
+        return SinkhornResult(transport, objective, f, g, n_iter, err, converged)
 
     def forward(self, p_source: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
-        _checks.histograms(p_source, p_target, ("p_source", "p_target"), True)
-        if (p_source.shape[1], p_target.shape[1]) != tuple(self.cost.shape):
-            raise ValueError(f"p_source (B, {p_source.shape[1]}) and p_target (B, "
-                             f"{p_target.shape[1]}) must match cost {tuple(self.cost.shape)}")
-        work = torch.float64 if p_source.dtype == torch.float64 else torch.float32  # no half cost
-        res = sinkhorn(p_source.to(work), p_target.to(work), self.cost.to(work), self.eps,
-                       max_iter=self.max_iter, tol=self.tol, grad=self.grad,
-                       backend=self.backend, check_inputs=False)
-        self.last_result = type(res)(*(x if x is None else x.detach() for x in res))
+        res = self._fast(p_source, p_target)
+        if res is None:
+            _checks.histograms(p_source, p_target, ("p_source", "p_target"), True)
+            if (p_source.shape[1], p_target.shape[1]) != tuple(self.cost.shape):
+                raise ValueError(f"p_source (B, {p_source.shape[1]}) and p_target (B, "
+                                 f"{p_target.shape[1]}) must match cost "
+                                 f"{tuple(self.cost.shape)}")
+            work = torch.float64 if p_source.dtype == torch.float64 else torch.float32
+            res = sinkhorn(p_source.to(work), p_target.to(work), self.cost.to(work), self.eps,
+                           max_iter=self.max_iter, tol=self.tol, grad=self.grad,
+                           backend=self.backend, check_inputs=False)
+        # (not through Module.__setattr__: a plain attribute, set on every call)
+        vars(self)["last_result"] = type(res)(
+            *(x.detach() if x is not None and x.requires_grad else x for x in res))
         if not self._warned and not bool(res.converged.all()):
             self._warned = True
             warnings.warn(f"OTLoss: {int((~res.converged).sum())} of {res.converged.numel()} "
@@ -57,3 +114,7 @@ class OTLoss(torch.nn.Module):
         if self.reduction == "mean":
             return loss.mean()
         return loss.sum() if self.reduction == "sum" else loss
+
+
+#: the mass check's relative tolerance per dtype, as ``sinkhorn``'s and ``_checks.histograms``'
+_MASS_RTOL = {d: max(MASS_RTOL, 4 * torch.finfo(d).eps) for d in _FAST_DTYPES}

@@ -57,26 +57,17 @@ def solve(a, b, cost, eps, max_iter, tol, values=False):
     the C++ kernel for contiguous float32/float64 a (B, n), b (B, m), cost (1, n, m); the
     last four only with ``values`` (else None); ``absorbed`` marks problems that finished in
     the log domain."""
-    B, n = a.shape
-    f, g = torch.empty_like(a), torch.empty_like(b)
-    n_iter = torch.empty(B, dtype=torch.int64)
-    err = a.new_empty(B)
-    absorbed, converged = torch.empty(B, dtype=torch.bool), torch.empty(B, dtype=torch.bool)
-    transport = objective = fc = gc = None
-    if values:
-        transport, objective = a.new_empty(B), a.new_empty(B)
-        fc, gc = torch.empty_like(a), torch.empty_like(b)
-    lo, hi = scaling.SAFE_RANGE[a.dtype]
-    m = b.shape[1]
-    def opt(x, *shape):  # an optional output: a null pointer when not asked for
-        return _ext.src(None) if x is None else _ext.dst(x, B, *shape)
-
-    _ext.call(
-        "sinkhorn_block", a.dtype, _ext.src(a, B, n), _ext.src(b, B, m), _ext.src(cost, 1, n, m),
-        B, n, m, eps, max_iter, tol, lo, hi, _ext.dst(f, B, n), _ext.dst(g, B, m),
-        _ext.dst(n_iter, B, dtype=torch.int64), _ext.dst(err, B),
-        _ext.dst(absorbed, B, dtype=torch.bool), _ext.dst(converged, B, dtype=torch.bool),
-        opt(transport), opt(objective), opt(fc, n), opt(gc, m))
+    (B, n), m, dtype = a.shape, b.shape[1], a.dtype
+    lo, hi = scaling.SAFE_RANGE[dtype]
+    none = _ext.src(None)  # an optional output not asked for: a null pointer
+    outs = (_ext.out(dtype, B, n), _ext.out(dtype, B, m), _ext.out(torch.int64, B),
+            _ext.out(dtype, B), _ext.out(torch.bool, B), _ext.out(torch.bool, B))
+    extra = ((_ext.out(dtype, B), _ext.out(dtype, B), _ext.out(dtype, B, n),
+              _ext.out(dtype, B, m)) if values else (none,) * 4)
+    _ext.call("sinkhorn_block", dtype, _ext.src(a, B, n), _ext.src(b, B, m),
+              _ext.src(cost, 1, n, m), B, n, m, eps, max_iter, tol, lo, hi, *outs, *extra)
+    f, g, n_iter, err, absorbed, converged = (x.tensor for x in outs)
+    transport, objective, fc, gc = (x.tensor for x in extra)
     return f, g, n_iter, err, absorbed, converged, transport, objective, fc, gc
 
 
