@@ -80,6 +80,10 @@ def out(dtype: torch.dtype, size: int, *sizes: int) -> Buffer:
                    True))
 
 
+#: argument types passed through as they are (anything else is checked for a bare tensor)
+_SCALARS = frozenset((int, float, bool, str))
+
+
 def _bad(name: str, i: int, arg: Buffer, dtype: torch.dtype) -> Exception | None:
     """What is wrong with buffer ``i`` (the slow path of :func:`call`), or None if nothing."""
     x, shape, want, writes, _ = arg
@@ -109,32 +113,31 @@ def call(name: str, dtype: torch.dtype, *args: Any, threads: bool = True) -> Any
         raise TypeError(f"{name}: the C++ kernels take float32 or float64, got {dtype}")
     alive, flat = [], []  # alive: the contiguous copies, held until the kernel has returned
     for i, arg in enumerate(args):
-        if type(arg) is not Buffer:
-            if isinstance(arg, torch.Tensor):
+        kind = type(arg)
+        if kind is not Buffer:
+            if kind not in _SCALARS and isinstance(arg, torch.Tensor):
                 raise TypeError(f"{name}: argument {i} is a bare tensor; declare it with src/dst")
             flat.append(arg)
             continue
         x, shape, want, writes, fresh = arg
         if fresh:  # allocated by ``out`` from this very declaration
             flat.append(x.data_ptr())
-            continue
-        if (x is not None and x.is_cpu and x.dtype is (want or dtype) and x.is_contiguous()
+        elif (x is not None and x.is_cpu and x.dtype is (want or dtype) and x.is_contiguous()
                 and x.shape == shape):
             flat.append(x.data_ptr())
-            continue
-        if x is None and not writes:
+        elif x is None and not writes:
             flat.append(0)  # an absent optional input: a null pointer
-            continue
-        error = _bad(name, i, arg, dtype)
-        if error is not None:
-            raise error
-        # a readable input in the declared shape, not contiguous (e.g. an expanded view):
-        # its copy may not fit
-        _checks.fits(f"{name}: a contiguous copy of argument {i} {shape}",
-                     x.numel() * x.element_size(), x.device)
-        x = x.contiguous()
-        alive.append(x)
-        flat.append(x.data_ptr())
+        else:
+            error = _bad(name, i, arg, dtype)
+            if error is not None:
+                raise error
+            # a readable input in the declared shape, not contiguous (e.g. an expanded view):
+            # its copy may not fit
+            _checks.fits(f"{name}: a contiguous copy of argument {i} {shape}",
+                         x.numel() * x.element_size(), x.device)
+            x = x.contiguous()
+            alive.append(x)
+            flat.append(x.data_ptr())
     if threads:
         flat.append(torch.get_num_threads())
     result = getattr(_C, name)(dname, *flat)

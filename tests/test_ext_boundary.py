@@ -81,6 +81,24 @@ def test_call_refuses_what_the_kernel_would_misread(monkeypatch, args, error, ma
         _ext.call("probe", torch.float64, *args)
 
 
+def test_out_buffers_are_fresh_outputs_as_declared(monkeypatch):
+    """``out`` allocates the declared shape and dtype (CPU, contiguous), which ``call`` passes
+    unchecked; a tensor subclass is still a bare tensor, scalars pass as they are."""
+    class Args:
+        def probe(self, dtype, *args):
+            self.args = args
+
+    rec = Args()
+    monkeypatch.setattr(_ext, "_C", rec)
+    o, flags = _ext.out(torch.float64, 2, 3), _ext.out(torch.bool, 5)
+    assert o.tensor.shape == (2, 3) and o.tensor.dtype == torch.float64
+    assert o.tensor.is_contiguous() and o.tensor.is_cpu and flags.tensor.dtype == torch.bool
+    _ext.call("probe", torch.float64, o, 7, 0.5, True, "x", flags, threads=False)
+    assert rec.args == (o.tensor.data_ptr(), 7, 0.5, True, "x", flags.tensor.data_ptr())
+    with pytest.raises(TypeError, match="argument 0 is a bare tensor"):
+        _ext.call("probe", torch.float64, torch.nn.Parameter(torch.zeros(3)))
+
+
 def test_call_names_supported_dtypes_only():
     with pytest.raises(TypeError, match="float32 or float64"):
         _ext.call("sinkhorn_log", torch.float16)

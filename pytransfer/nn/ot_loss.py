@@ -45,34 +45,35 @@ class OTLoss(torch.nn.Module):
         self.last_result, self._warned = None, False
         self.eps, self.max_iter, self.tol = eps, max_iter, tol
         self.grad, self.reduction, self.backend = grad, reduction, backend
-        #: dtype -> (the cost buffer it was made from, its version, the (1, n, m) cost)
-        self._work: dict[torch.dtype, tuple[torch.Tensor, int, torch.Tensor]] = {}
+        #: dtype -> (the cost buffer it was made from, its version, eps, the (1, n, m) cost)
+        self._work: dict[torch.dtype, tuple[torch.Tensor, int, float, torch.Tensor]] = {}
 
-    def _work_cost(self, dtype: torch.dtype) -> torch.Tensor:
-        """The cost as a contiguous (1, n, m) ``dtype`` tensor, made again when the buffer was
-        replaced or modified in place (its version counter); eps is re-checked against it."""
-        cost = self.cost
+    def _work_cost(self, cost: torch.Tensor, dtype: torch.dtype, eps: float) -> torch.Tensor:
+        """The cost buffer as a contiguous (1, n, m) ``dtype`` tensor, made again when the
+        buffer was replaced or modified in place (its version counter) or eps changed; the
+        entropic scale is checked for each (``sinkhorn(check_inputs=True)``'s check)."""
         hit = self._work.get(dtype)
-        if hit is not None and hit[0] is cost and hit[1] == cost._version:
-            return hit[2]
-        _checks.entropic_scale(self.eps, cost, True)
+        if hit is not None and hit[0] is cost and hit[1] == cost._version and hit[2] == eps:
+            return hit[3]
         work = cost.detach().to(dtype).reshape(1, *cost.shape).contiguous()
-        self._work[dtype] = (cost, cost._version, work)
+        _checks.entropic_scale(eps, work, True)
+        self._work[dtype] = (cost, cost._version, eps, work)
         return work
 
     def _fast(self, p_source: object, p_target: object) -> SinkhornResult | None:
         """The fused path's result, or None where the general path must run (any other
         configuration, and every bad input: the general path names the problem)."""
+        cost = self.cost
         if not (type(p_source) is torch.Tensor and type(p_target) is torch.Tensor
                 and self.grad == "dual" and p_source.dtype in _FAST_DTYPES
                 and p_target.dtype is p_source.dtype and p_source.is_cpu and p_target.is_cpu
                 and p_source.dim() == 2 and p_target.dim() == 2
                 and p_source.is_contiguous() and p_target.is_contiguous()
-                and not self.cost.requires_grad and self.cost.is_cpu
+                and not cost.requires_grad and cost.is_cpu
                 and _ext.unavailable() is None and not torch.compiler.is_compiling()):
             return None
         (B, n), (Bt, m) = p_source.shape, p_target.shape
-        if B != Bt or B == 0 or (n, m) != self.cost.shape:
+        if B != Bt or B == 0 or (n, m) != cost.shape:
             return None
         backend = self.backend
         if backend == "auto":
@@ -80,8 +81,10 @@ class OTLoss(torch.nn.Module):
         if (backend not in ("auto", "cpu")
                 or block.use_gemm_loop(B, n, m, p_source.dtype, torch.get_num_threads())):
             return None
-        eps = float(self.eps)
-        cost = self._work_cost(p_source.dtype)
+        eps = _checks.positive_float("eps", self.eps)  # sinkhorn's checks of the settings
+        _checks.positive_int("max_iter", self.max_iter)
+        _checks.nonneg_float("tol", self.tol)
+        cost = self._work_cost(cost, p_source.dtype, eps)
         ok, span = block.check(p_source, p_target, cost, _MASS_RTOL[p_source.dtype])
         if not ok or span / eps > AUTO_RANGE[p_source.dtype]:
             return None  # a bad value (named by the general path), or the log domain
