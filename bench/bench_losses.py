@@ -12,7 +12,8 @@ equals the hand-written one. Ratios are hand-written time / ours, measured in on
 - ``MKMMDLoss`` (linear, 19 kernels) vs a hand-written O(n d) torch estimator at n=64 d=256,
   n=128 d=1024, n=256 d=2048. Target >= 2x at n=64 d=256.
 - Whole-call overhead: ``OTLoss`` at B=1, 2x2 and ``MKMMDLoss`` at n=64, d=8 (target: wrapper,
-  validation and dispatch <= 50 us).
+  validation and dispatch <= 50 us); ``ot_breakdown_us`` splits an OTLoss call (B=1 2x2 and
+  B=128 5x5) into autograd's fixed cost, the C++ kernel, the C++ check and the rest.
 - ``HScore`` vs the hand-written soft-HGR expression.
 - ``losses_table()``: the Liger-Kernel-style table (time and peak memory vs hand-written).
 
@@ -101,15 +102,20 @@ def overhead_workload() -> dict:
     return ot_workload(1, 2, 2)
 
 
-def ot_overhead_us(rounds: int = 400) -> dict[str, float]:
-    """Fixed per-call cost of OTLoss at B=1, 2x2 (us, interleaved medians): the whole
-    forward + backward, minus the same softmax + mean + backward without the loss, minus the
-    C++ kernel alone (raw call, outputs preallocated): wrapper, validation and dispatch."""
+def ot_breakdown_us(B: int = 1, n: int = 2, m: int = 2, rounds: int = 400) -> dict[str, float]:
+    """What one OTLoss forward + backward from logits costs (us, interleaved medians):
+    ``whole``; ``bare``, the same softmax + mean + backward without the loss (autograd's
+    fixed cost); ``kernel``, the C++ solve alone (raw call, outputs preallocated); ``check``,
+    the C++ value check alone; ``forward``, the loss forward without autograd (from
+    probabilities); ``hand-written``. ``overhead`` = whole - bare - kernel: wrapper,
+    validation (check included), dispatch, allocations and the backward node (issue 13's
+    fixed per-call cost at B=1 2x2)."""
     from pytransfer import _ext
     from pytransfer.ot import scaling
 
-    ls, lt, cost = ot_inputs(1, 2, 2)
+    ls, lt, cost = ot_inputs(B, n, m)
     pt, loss = lt.softmax(-1), OTLoss(cost, eps=OT_EPS, max_iter=OT_ITERS, tol=0.0)
+    hand = ot_workload(B, n, m)["hand-written"]
 
     def whole():
         x = ls.detach().requires_grad_(True)
@@ -120,19 +126,28 @@ def ot_overhead_us(rounds: int = 400) -> dict[str, float]:
         x.softmax(-1)[:, 0].mean().backward()
 
     a, c = ls.softmax(-1), cost[None].contiguous()
-    f, g, fc, gc = (torch.empty(1, 2) for _ in range(4))
-    err, tc, obj = (torch.empty(1) for _ in range(3))
-    n_iter, flags = torch.empty(1, dtype=torch.int64), torch.empty(2, dtype=torch.bool)
+    f, fc = torch.empty(B, n), torch.empty(B, n)
+    g, gc = torch.empty(B, m), torch.empty(B, m)
+    err, tc, obj = (torch.empty(B) for _ in range(3))
+    n_iter, flags = torch.empty(B, dtype=torch.int64), torch.empty(2, B, dtype=torch.bool)
     lo, hi = scaling.SAFE_RANGE[torch.float32]
 
     def kernel():
-        _ext._C.sinkhorn_block("float32", a.data_ptr(), pt.data_ptr(), c.data_ptr(), 1, 2, 2,
+        _ext._C.sinkhorn_block("float32", a.data_ptr(), pt.data_ptr(), c.data_ptr(), B, n, m,
                                OT_EPS, OT_ITERS, 0.0, lo, hi, f.data_ptr(), g.data_ptr(),
-                               n_iter.data_ptr(), err.data_ptr(), flags.data_ptr(),
-                               flags.data_ptr() + 1, tc.data_ptr(), obj.data_ptr(),
+                               n_iter.data_ptr(), err.data_ptr(), flags[0].data_ptr(),
+                               flags[1].data_ptr(), tc.data_ptr(), obj.data_ptr(),
                                fc.data_ptr(), gc.data_ptr(), 1)
 
-    t = interleaved({"whole": whole, "bare": bare, "kernel": kernel}, rounds, warmup=20)
+    def check():
+        _ext._C.sinkhorn_check("float32", a.data_ptr(), pt.data_ptr(), c.data_ptr(), B, n, m,
+                               n * m, 1e-5)
+
+    def forward():
+        loss(a, pt)
+
+    t = interleaved({"whole": whole, "bare": bare, "kernel": kernel, "check": check,
+                     "forward": forward, "hand-written": hand}, rounds, warmup=20)
     return {k: 1e6 * v for k, v in t.items()} | {
         "overhead": 1e6 * (t["whole"] - t["bare"] - t["kernel"])}
 
@@ -369,8 +384,9 @@ def test_hscore_loss(benchmark, label):
 
 def main() -> None:
     quick = "--quick" in sys.argv
-    print("OTLoss B=1 2x2 fixed cost (us):",
-          {k: round(v, 1) for k, v in ot_overhead_us().items()})
+    for B, n, m in ((1, 2, 2), (128, 5, 5)):
+        print(f"OTLoss B={B} {n}x{m} cost breakdown (us):",
+              {k: round(v, 1) for k, v in ot_breakdown_us(B, n, m).items()})
     for name, r, target, us in ratios(quick=quick):
         met = "" if target is None else (" met" if r >= target else " NOT met")
         print(f"{name:45s} {r:6.2f}x  ours {us:9.1f} us  target {target}{met}")

@@ -192,3 +192,22 @@ def test_one_pass_check_returns_the_cost_span():
     a, b, C = random_problem(3, 4, 5, scale=3.0)
     ok, span = block.check(a, b, C, 1e-5)
     assert ok and span == pytest.approx(float(C.max() - C.min()), rel=1e-15)
+
+
+@pytest.mark.parametrize("need", ["a", "ab", "abC"])
+def test_transport_only_function_equals_the_op(need):
+    """``objective_grad=False`` (OTLoss): same outputs, and the same transport-cost gradients
+    as the registered op's autograd, for each set of inputs needing one."""
+    a0, b0, C0 = _problem(4, 5, 3, torch.float64)
+    w = torch.rand(4, dtype=torch.float64, generator=torch.Generator().manual_seed(9))
+    grads = []
+    for fn in (lambda *x: block.sinkhorn_dual(*x, objective_grad=False),
+               block.sinkhorn_dual_cpu):
+        a, b, C = (x.clone().requires_grad_(k in need) for x, k in ((a0, "a"), (b0, "b"),
+                                                                      (C0[None], "C")))
+        out = fn(a, b, C, 0.1, 200, 1e-10)
+        assert out[1].requires_grad == (fn is block.sinkhorn_dual_cpu)
+        (w * out[0]).sum().backward()
+        grads.append((*out, *(x.grad for x in (a, b, C) if x.requires_grad)))
+    for x, y in zip(*grads, strict=True):
+        torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-12, atol=1e-14)

@@ -64,13 +64,14 @@ class OTLoss(torch.nn.Module):
         """The fused path's result, or None where the general path must run (any other
         configuration, and every bad input: the general path names the problem)."""
         cost = self.cost
-        if not (type(p_source) is torch.Tensor and type(p_target) is torch.Tensor
+        if not (not torch.compiler.is_compiling() and type(p_source) is torch.Tensor
+                and type(p_target) is torch.Tensor
                 and self.grad == "dual" and p_source.dtype in _FAST_DTYPES
                 and p_target.dtype is p_source.dtype and p_source.is_cpu and p_target.is_cpu
                 and p_source.dim() == 2 and p_target.dim() == 2
                 and p_source.is_contiguous() and p_target.is_contiguous()
                 and not cost.requires_grad and cost.is_cpu
-                and _ext.unavailable() is None and not torch.compiler.is_compiling()):
+                and _ext.unavailable() is None):
             return None
         (B, n), (Bt, m) = p_source.shape, p_target.shape
         if B != Bt or B == 0 or (n, m) != cost.shape:
@@ -89,7 +90,7 @@ class OTLoss(torch.nn.Module):
         if not ok or span / eps > AUTO_RANGE[p_source.dtype]:
             return None  # a bad value (named by the general path), or the log domain
         transport, objective, f, g, n_iter, err, converged, _, _ = block.sinkhorn_dual(
-            p_source, p_target, cost, eps, self.max_iter, self.tol)
+            p_source, p_target, cost, eps, self.max_iter, self.tol, objective_grad=False)
         return SinkhornResult(transport, objective, f, g, n_iter, err, converged)
 
     def forward(self, p_source: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:

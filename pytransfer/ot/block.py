@@ -150,13 +150,48 @@ class _Dual(torch.autograd.Function):
         return (*_backward(ctx, grad_transport, grad_objective), None)
 
 
-def sinkhorn_dual(a, b, cost, eps, max_iter, tol):
+class _DualTransport(torch.autograd.Function):
+    """:class:`_Dual` when only ``transport_cost`` carries gradient (``OTLoss``): one output,
+    and only what its gradient needs is saved (the centred potentials; the plan's inputs
+    when the cost needs a gradient)."""
+
+    @staticmethod
+    def forward(ctx, a, b, cost, eps, max_iter, tol, out):
+        out.extend(_dual_forward(a, b, cost, eps, max_iter, tol))
+        ctx.set_materialize_grads(False)
+        if ctx.needs_input_grad[2]:
+            ctx.save_for_backward(out[7], out[8], a, b, cost, out[2], out[3])
+        else:
+            ctx.save_for_backward(out[7], out[8])
+        ctx.eps = eps
+        return out[0]
+
+    @staticmethod
+    def backward(ctx, grad_transport):
+        fc, gc, *plan_inputs = ctx.saved_tensors
+        need_a, need_b, need_C = ctx.needs_input_grad[:3]
+        if grad_transport is None:
+            return None, None, None, None, None, None, None
+        wt = grad_transport[:, None]
+        grad_C = None
+        if need_C:
+            plan = plan_from_potentials(*plan_inputs, ctx.eps)
+            grad_C = (wt[:, :, None] * plan).sum(0, keepdim=True)
+        return (wt * fc if need_a else None, wt * gc if need_b else None, grad_C, None, None,
+                None, None)
+
+
+def sinkhorn_dual(a, b, cost, eps, max_iter, tol, objective_grad=True):
     """``sinkhorn_dual_cpu``; eager calls skip the custom-op dispatch (tens of us per call),
-    traced ones (torch.compile) use the op."""
+    traced ones (torch.compile) use the op. ``objective_grad=False``: the objective is
+    returned without gradient (cheaper autograd bookkeeping)."""
     if torch.compiler.is_compiling():
         return sinkhorn_dual_cpu(a, b, cost, eps, max_iter, tol)
     if not (a.requires_grad or b.requires_grad or cost.requires_grad):
         return _dual_forward(a, b, cost, eps, max_iter, tol)
     out = []
-    out[:2] = _Dual.apply(a, b, cost, eps, max_iter, tol, out)
+    if objective_grad:
+        out[:2] = _Dual.apply(a, b, cost, eps, max_iter, tol, out)
+    else:
+        out[0] = _DualTransport.apply(a, b, cost, eps, max_iter, tol, out)
     return tuple(out)
