@@ -137,7 +137,7 @@ def cases(quick: bool = False) -> list[Case]:
         targets = {gl: 3.0} if n == 4096 and gl in cands else {}
         note = "; ".join(f"{k}: {v}" for k, v in absent.items())
 
-        def metrics(n=n, iters=iters, floor=floor, x=x, y=y):
+        def metrics(n=n, iters=iters, floor=floor, x=x, y=y, cands=cands, gl=gl):
             res = {}
             t_floor = time_call(floor, rounds=3)
             for label, cache in (("auto", None), ("online", False)):

@@ -259,7 +259,8 @@ def test_bad_input(kwargs, exc, match):
         sinkhorn_points(x, y, **args)
 
 
-def test_memory_stays_linear(tmp_path):
+@pytest.mark.slow
+def test_memory_stays_linear():
     """n = m = 20000, d = 64: a dense float32 cost alone would take 1.6 GB."""
     import subprocess
     import sys

@@ -87,10 +87,10 @@ def test_class_pair_ot_matches_per_pair_problems(debias, backend):
                       backend=backend)
     assert M.shape == (3, 2)
     for k in range(3):
-        for l in range(2):
-            want = sinkhorn_points(fs[ys == k].detach(), ft[yt == l], eps=0.5, debias=debias,
+        for c in range(2):
+            want = sinkhorn_points(fs[ys == k].detach(), ft[yt == c], eps=0.5, debias=debias,
                                    tol=1e-11, max_iter=5000, backend="reference").objective
-            torch.testing.assert_close(M[k, l].detach(), want, rtol=1e-8, atol=1e-10)
+            torch.testing.assert_close(M[k, c].detach(), want, rtol=1e-8, atol=1e-10)
     if debias:
         assert bool((M > 0).all())
     (grad,) = torch.autograd.grad(M.sum(), fs)

@@ -191,11 +191,12 @@ def _values_backward(ctx, grad_transport, grad_objective):
     x, y, a, b, f, g = ctx.saved_tensors
     need_x, need_y, need_a, need_b = ctx.needs_input_grad[:4]
     w = grad_objective[:, None]
+    eps, p, backend = ctx.eps, ctx.p, ctx.backend
     gx = gy = ga = gb = None
     if need_x:
-        gx = w[:, :, None] * sinkhorn_points_rows(x, y, a, b, f, g, ctx.eps, ctx.p, ctx.backend, True)[2]
+        gx = w[:, :, None] * sinkhorn_points_rows(x, y, a, b, f, g, eps, p, backend, True)[2]
     if need_y:
-        gy = w[:, :, None] * sinkhorn_points_rows(y, x, b, a, g, f, ctx.eps, ctx.p, ctx.backend, True)[2]
+        gy = w[:, :, None] * sinkhorn_points_rows(y, x, b, a, g, f, eps, p, backend, True)[2]
     if need_a:
         ga = w * _center(_alpha(a, f, ctx.eps), a > 0)
     if need_b:

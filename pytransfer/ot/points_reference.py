@@ -131,7 +131,7 @@ def plan(cost, a, b, f, g, eps):
 def values_dense(cost, a, b, f, g, eps):
     """(<P, C>, <P, C> + eps KL(P || a b^T)) of the plan of (f, g); differentiable in cost."""
     P = plan(cost, a, b, f, g, eps)
-    r, c = P.sum(-1), P.sum(-2)
+    r = P.sum(-1)
     transport = (P * cost).sum((-2, -1))
     xlogx = torch.where(P > 0, P * torch.log(torch.where(P > 0, P, 1)), 0)
     ab = a[:, :, None] * b[:, None, :]
