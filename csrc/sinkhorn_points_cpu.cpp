@@ -31,12 +31,20 @@ constexpr int64_t kTI = 64;             // outer rows per task (a multiple of kR
 
 inline int64_t padded(int64_t len) { return (len + kPad - 1) / kPad * kPad; }
 
-// One cloud, padded: rows (np, d) row-major, cols (d, np) transposed, sq |x|^2 (np).
+// h of a zero-mass (or padding) inner point: far below any real argument yet finite, so the
+// max loop needs no mask; its exp (clamped by vexp) is then multiplied by the 0/1 mask.
+template <typename T>
+constexpr T kMasked = std::numeric_limits<T>::lowest() / 4;
+
+// One cloud, padded: rows (np, d) row-major; cols, the transpose packed in panels of kW
+// points, (np / kW, d, kW), so the micro-kernel streams one contiguous panel (a plain
+// (d, np) transpose has a 4 KiB stride at np = 1024 and thrashes L1); sq |x|^2 (np).
 template <typename T>
 struct Cloud {
   int64_t n = 0, np = 0, d = 0;
   std::vector<T> rows, cols, sq;
   Cloud(const T* x, int64_t n_, int64_t d_) : n(n_), np(padded(n_)), d(d_) {
+    constexpr int64_t W = kW<T>;
     rows.assign(np * d, T(0));
     cols.assign(d * np, T(0));
     sq.assign(np, T(0));
@@ -45,7 +53,7 @@ struct Cloud {
       for (int64_t k = 0; k < d; ++k) {
         const T v = x[i * d + k];
         rows[i * d + k] = v;
-        cols[k * np + i] = v;
+        cols[(i / W) * d * W + k * W + i % W] = v;
         s += v * v;
       }
       sq[i] = s;
@@ -58,13 +66,13 @@ template <typename T>
 inline void cost_tile(const Cloud<T>& X, const Cloud<T>& Y, int64_t i0, int64_t j0, int64_t tj,
                       int p, T* out) {
   constexpr int64_t W = kW<T>;
-  const int64_t d = X.d, ld = Y.np;
+  const int64_t d = X.d;
   const T* xr = X.rows.data() + i0 * d;
   for (int64_t jb = 0; jb < tj; jb += W) {
     T acc[kR][W] = {};
-    const T* yc = Y.cols.data() + j0 + jb;
+    const T* yc = Y.cols.data() + (j0 + jb) / W * d * W;  // this column block's panel
     for (int64_t k = 0; k < d; ++k) {
-      const T* yk = yc + k * ld;
+      const T* yk = yc + k * W;
 #pragma GCC unroll 8
       for (int64_t r = 0; r < kR; ++r) {
         const T xv = xr[r * d + k];
@@ -114,20 +122,23 @@ void lse_rows(const Pass<T>& ps, int p, T inv, int64_t i0, T* out) {
   std::fill(mx, mx + kTI, std::numeric_limits<T>::lowest());
   std::fill(s, s + kTI, T(0));
   alignas(64) T tile[kR * kTJ];
+  alignas(64) T args[kTJ];
   for (int64_t j0 = 0; j0 < mp; j0 += kTJ) {
     const int64_t tj = std::min(kTJ, mp - j0);
-    const T* h = ps.h + j0;
-    const T* mk = ps.mk + j0;
+    const T* __restrict h = ps.h + j0;
+    const T* __restrict mk = ps.mk + j0;
     for (int64_t ib = i0; ib < i1; ib += kR) {
       if (ps.cache == nullptr) cost_tile(*ps.X, *ps.Y, ib, j0, tj, p, tile);
       for (int64_t r = 0; r < kR; ++r) {
-        const T* c = ps.cache != nullptr ? ps.cache + (ib + r) * mp + j0 : tile + r * kTJ;
-        T* v = tile + r * kTJ;  // arguments overwrite the cost tile in place
+        const T* __restrict c =
+            ps.cache != nullptr ? ps.cache + (ib + r) * mp + j0 : tile + r * kTJ;
+        T* __restrict v = args;  // a separate buffer: no aliasing, so the loop vectorises
         T tmax = std::numeric_limits<T>::lowest();
 #pragma omp simd reduction(max : tmax)
         for (int64_t j = 0; j < tj; ++j) {
-          v[j] = mk[j] > 0 ? h[j] - c[j] * inv : std::numeric_limits<T>::lowest();
-          tmax = std::max(tmax, v[j]);
+          const T t = h[j] - c[j] * inv;  // h is kMasked off the support
+          v[j] = t;
+          tmax = tmax > t ? tmax : t;
         }
         const int64_t q = ib - i0 + r;
         if (tmax > mx[q]) {
@@ -283,7 +294,8 @@ void points_solve(const T* x, const T* y, const T* a, const T* b, int64_t B, int
     const T inv = T(1) / e;
     for (int64_t q : act) {
       const T* pot = sym_inner ? F.data() + q * np : G.data() + q * mp;
-      for (int64_t j = 0; j < mq; ++j) hr[q * mp + j] = pot[j] * inv;
+      const T* mk = MKB + q * mq;
+      for (int64_t j = 0; j < mq; ++j) hr[q * mp + j] = mk[j] > 0 ? pot[j] * inv : kMasked<T>;
     }
 #pragma omp parallel for num_threads(threads) schedule(dynamic)
     for (size_t k = 0; k < tasks.size(); ++k) {
@@ -299,7 +311,8 @@ void points_solve(const T* x, const T* y, const T* a, const T* b, int64_t B, int
       for (int64_t j0 = 0; j0 < mp; j0 += kTI) tasks.push_back({q, j0});
     const T inv = T(1) / e;
     for (int64_t q : act)
-      for (int64_t i = 0; i < np; ++i) hc[q * np + i] = F[q * np + i] * inv;
+      for (int64_t i = 0; i < np; ++i)
+        hc[q * np + i] = mka[q * np + i] > 0 ? F[q * np + i] * inv : kMasked<T>;
 #pragma omp parallel for num_threads(threads) schedule(dynamic)
     for (size_t k = 0; k < tasks.size(); ++k) {
       const int64_t q = tasks[k].problem;
@@ -388,8 +401,8 @@ void points_values(const T* x, const T* y, const T* a, const T* b, const T* f, c
       mka[q * np + i] = a[q * n + i] > 0;
     }
     for (int64_t j = 0; j < m; ++j) {
-      h[q * mp + j] = g[q * m + j] * inv;
       mkb[q * mp + j] = b[q * m + j] > 0;
+      h[q * mp + j] = b[q * m + j] > 0 ? g[q * m + j] * inv : kMasked<T>;
     }
   }
   std::vector<Task> tasks;
