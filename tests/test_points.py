@@ -197,6 +197,9 @@ def test_opcheck():
     torch.library.opcheck(points.sinkhorn_points_cpu, (x, y, a, b, sched, 2, 50, 1e-9, False,
                                                        False))
     f, g, _, _ = points.sinkhorn_points_cpu(x, y, a, b, sched, 2, 200, 1e-12, False, False)
+    for want_grad in (True, False):
+        torch.library.opcheck(points.sinkhorn_points_rows,
+                              (x, y, a, b, f, g, 0.5, 1, "cpu", want_grad))
     for backend in ("cpu", "reference"):
         args = (x.requires_grad_(True), y.requires_grad_(True), a.requires_grad_(True),
                 b.requires_grad_(True), f, g, 0.5, 2, False, backend)

@@ -19,8 +19,8 @@ from pytransfer.ot import points_reference as ref
 OP = "sinkhorn_points"
 #: ``cache=None`` keeps the cost tiles of one call in memory when they take at most this many
 #: bytes (n m + m n values per problem, + n^2 + m^2 for the debiasing terms). Measured (1 thread,
-#: d = 64, float32, the debiased workload of bench/bench_points.py): cached 1.8x faster than
-#: online at n = m = 1024 (0.95 s vs 1.71 s) and 2.4x at 4096 (27.7 s vs 65.1 s): reading 4
+#: d = 64, float32, the debiased workload of bench/bench_points.py): cached 2.5x faster than
+#: online at n = m = 1024 (0.34 s vs 0.85 s) and 1.7x at 4096 (8.8 s vs 14.7 s): reading 4
 #: bytes per entry beats its 2 d GEMM flops at every size that fits, so the budget only bounds
 #: memory (512 MiB: n = m <= ~5800 debiased).
 CACHE_BYTES = 1 << 29
