@@ -73,10 +73,10 @@ def test_against_pot(backend, cache, p, dtype):
 @pytest.mark.parametrize(("backend", "cache"), BACKENDS, ids=IDS)
 def test_batched_ragged_equals_unpadded(backend, cache):
     x, y, a, b = clouds(n=9, m=6, d=4, B=3, ragged=True, seed=1)
-    res = sinkhorn_points(x, y, a, b, eps=0.5, tol=1e-11, backend=backend, cache=cache)
+    res = sinkhorn_points(x, y, a, b, eps=2.0, tol=1e-11, backend=backend, cache=cache)
     for q in range(3):
         sa, sb = a[q] > 0, b[q] > 0
-        one = sinkhorn_points(x[q][sa], y[q][sb], a[q][sa], b[q][sb], eps=0.5, tol=1e-11,
+        one = sinkhorn_points(x[q][sa], y[q][sb], a[q][sa], b[q][sb], eps=2.0, tol=1e-11,
                               backend="reference")
         torch.testing.assert_close(res.objective[q], one.objective, rtol=1e-8, atol=1e-9)
         torch.testing.assert_close(res.f[q][sa], one.f, rtol=1e-7, atol=1e-8)
@@ -162,7 +162,7 @@ def test_gradients_match_autograd_through_the_dense_loop(backend, cache):
     x, y, a, b = clouds(n=6, m=5, d=3, B=2, seed=6)
     x.requires_grad_(True)
     a.requires_grad_(True)
-    eps = 0.5
+    eps = 2.0  # fast convergence: few interpreted Triton launches
     want_x, want_a = torch.autograd.grad(_unrolled_objective(x, y, a, b, eps).sum(), (x, a))
     res = sinkhorn_points(x, y, a, b, eps=eps, tol=1e-13, backend=backend, cache=cache)
     got_x, got_a = torch.autograd.grad(res.objective.sum(), (x, a))
