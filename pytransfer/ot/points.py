@@ -67,16 +67,16 @@ def sinkhorn_points_cpu(
     p: int, max_iter: int, tol: float, symmetric: bool, cache: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """C++ solver: (B, n, d), (B, m, d) clouds, (S,) float64 eps schedule."""
-    x, y, a, b = x.contiguous(), y.contiguous(), a.contiguous(), b.contiguous()
-    sched = schedule.double().contiguous()
     B, n, d = x.shape
+    m, S = y.shape[1], schedule.numel()
     f, g = torch.empty_like(a), torch.empty_like(b)
     n_iter, err = torch.empty(B, dtype=torch.int64), a.new_empty(B)
-    _ext._C.points_solve(
-        str(x.dtype).removeprefix("torch."), x.data_ptr(), y.data_ptr(), a.data_ptr(),
-        b.data_ptr(), B, n, y.shape[1], d, p, symmetric, sched.data_ptr(), sched.numel(),
-        max_iter, tol, cache, f.data_ptr(), g.data_ptr(), n_iter.data_ptr(), err.data_ptr(),
-        torch.get_num_threads(),
+    _ext.call(
+        "points_solve", x.dtype, _ext.src(x, B, n, d), _ext.src(y, B, m, d), _ext.src(a, B, n),
+        _ext.src(b, B, m), B, n, m, d, p, symmetric,
+        _ext.src(schedule.double(), S, dtype=torch.float64), S, max_iter, tol, cache,
+        _ext.dst(f, B, n), _ext.dst(g, B, m), _ext.dst(n_iter, B, dtype=torch.int64),
+        _ext.dst(err, B),
     )
     return f, g, n_iter, err
 
@@ -121,15 +121,17 @@ def sinkhorn_points_rows(
     """(r, t, grad) per row, one tiled pass: r = P 1, t = (P o C) 1 and (``want_grad``, else a
     0-size tensor) grad_i = sum_j P_ij d/dx_i C_ij, the envelope gradient of the objective."""
     if backend == "cpu":
-        x, y, a, b, f, g = (t.contiguous() for t in (x, y, a, b, f, g))
         B, n, d = x.shape
+        m = y.shape[1]
         r, t = a.new_empty(B, n), a.new_empty(B, n)
-        grad = x.new_empty(B, n, d) if want_grad else x.new_empty(0)
-        _ext._C.points_values(
-            str(x.dtype).removeprefix("torch."), x.data_ptr(), y.data_ptr(), a.data_ptr(),
-            b.data_ptr(), f.data_ptr(), g.data_ptr(), B, n, y.shape[1], d, p, eps,
-            r.data_ptr(), t.data_ptr(), grad.data_ptr() if want_grad else 0,
-            torch.get_num_threads())
+        grad = x.new_empty(B, n, d) if want_grad else None
+        _ext.call(
+            "points_values", x.dtype, _ext.src(x, B, n, d), _ext.src(y, B, m, d),
+            _ext.src(a, B, n), _ext.src(b, B, m), _ext.src(f, B, n), _ext.src(g, B, m), B, n,
+            m, d, p, eps, _ext.dst(r, B, n), _ext.dst(t, B, n),
+            _ext.src(None) if grad is None else _ext.dst(grad, B, n, d))
+        if grad is None:
+            grad = x.new_empty(0)
         return r, t, grad
     chunk = max(1, (1 << 22) // max(1, y.shape[1]))  # torch, tiled over rows (any device)
     rs, ts, gs = [], [], []

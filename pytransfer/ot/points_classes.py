@@ -49,13 +49,21 @@ def class_pair_ot(
     p: int = 2, debias: bool = True, num_source_classes: int | None = None,
     num_target_classes: int | None = None, max_iter: int = 1000, tol: float = 1e-6,
     eps_scaling: float | None = None, backend: str = "auto", cache: bool | None = None,
+    value: str = "objective",
 ) -> torch.Tensor:
     """(Ls, Lt) matrix of OT_eps (``debias``: Sinkhorn divergence S_eps) between the uniform
     clouds {fs[ys == k]} and {ft[yt == l]}; differentiable in fs and ft.
 
+    ``value="transport_cost"`` returns <P, C> of the entropic plans instead (JTLN's eq. 16
+    distance; not debiased, not differentiable).
+
     fs (Ns, d), ys (Ns,) int labels in [0, Ls); ft (Nt, d), yt (Nt,). The class counts default
     to max label + 1; every class must have a sample (the error names the first that has not).
     """
+    if value not in ("objective", "transport_cost"):
+        raise ValueError(f"value must be 'objective' or 'transport_cost', got {value!r}")
+    if value == "transport_cost" and debias:
+        raise ValueError("debias=True needs value='objective' (S_eps debiases the objective)")
     for name, t in (("fs", fs), ("ft", ft)):
         _checks.floating(name, t)
         _checks.ndim(name, t, (2,))
@@ -68,7 +76,7 @@ def class_pair_ot(
     b = wt[None].expand(Ls, Lt, wt.shape[1]).reshape(Ls * Lt, -1)
     kw = dict(eps=eps, p=p, max_iter=max_iter, tol=tol, eps_scaling=eps_scaling,
               backend=backend, cache=cache)
-    cost = sinkhorn_points(x, y, a, b, debias=False, **kw).objective.reshape(Ls, Lt)
+    cost = getattr(sinkhorn_points(x, y, a, b, debias=False, **kw), value).reshape(Ls, Lt)
     if debias:
         cost = cost - self_ot(xs, ws, **kw)[:, None] / 2 - self_ot(xt, wt, **kw)[None, :] / 2
     return cost
