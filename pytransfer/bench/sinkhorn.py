@@ -19,10 +19,10 @@ from pytransfer.bench.workload import Impl, Target, Work, Workload
 from pytransfer.ot import sinkhorn
 
 N, M, EPS, ITERS = 78, 22, 0.05, 100
-LOG_SIZES = {"tiny": (4,), "quick": (128, 512), "full": (256, 1024, 4096)}
+LOG_SIZES = {"tiny": (4,), "quick": (64, 256), "full": (256, 1024, 4096)}
 SCALING_SIZES = {"tiny": (4,), "quick": (256, 2048), "full": (256, 4096, 65536)}
-POT_LOOP = {"tiny": 2, "quick": 32, "full": 256}  # problems the POT loop is timed on
-REF_SUBSET = {"tiny": 4, "quick": 256, "full": 1024}  # ... and the log reference (scaling)
+POT_LOOP = {"tiny": 2, "quick": 16, "full": 256}  # problems the POT loop is timed on
+REF_SUBSET = {"tiny": 4, "quick": 128, "full": 1024}  # ... and the log reference (scaling)
 GEOMLOSS = ("GeomLoss takes point clouds (SamplesLoss), not a given cost matrix: it is an "
             "anchor of the pointcloud op")
 OTT = ("OTT-JAX is not in the bench extra (it pulls in JAX); a JAX/XLA anchor is not wired "
@@ -142,7 +142,7 @@ def _log_workload(B: int, size: str, device: str) -> Workload:
         op="sinkhorn", family=f"log-domain {N}x{M}", size=B, size_name="B",
         detail=f"eps={EPS}, {ITERS} it, fp32", subject=ours, impls=impls,
         reference=_reference(a, b, cost), targets=targets, metrics=metrics,
-        work=Work(flops=8.0 * ITERS * B * N * M, bytes=8.0 * ITERS * B * (N + M),
+        work=Work(flops=8.0 * ITERS * B * N * M, bytes=4.0 * (2 * B * (N + M) + N * M),
                   exps=2.0 * ITERS * B * N * M),
         rounds={"tiny": 1, "quick": 2, "full": 3}[size])
 
@@ -171,7 +171,7 @@ def _scaling_workload(B: int, size: str, device: str) -> Workload:
         op="sinkhorn", family=f"scaling (auto) {N}x{M}", size=B, size_name="B",
         detail=f"eps={EPS}, {ITERS} it, fp32", subject=ours, impls=impls,
         reference=_reference(a, b, cost), targets=targets,
-        work=Work(flops=4.0 * ITERS * B * N * M, bytes=8.0 * ITERS * B * (N + M),
+        work=Work(flops=4.0 * ITERS * B * N * M, bytes=4.0 * (2 * B * (N + M) + N * M),
                   exps=float(N * M)),
         rounds={"tiny": 1, "quick": 3, "full": 3}[size])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import gc
 import statistics
 import sys
@@ -38,11 +39,20 @@ def _status_kib(field: str) -> int:
     raise OSError(f"{field} not in /proc/self/status")
 
 
+def _trim() -> None:
+    """Return the C heap's free memory to the system (glibc), so that a call's allocations
+    show in the resident size."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def call_with_peak(fn: Callable[[], object], device: str = "cpu") -> tuple[object, float | None]:
     """``fn()`` and the peak memory it added (MiB) above what was in use before: CUDA
     ``max_memory_allocated`` on the GPU; on Linux CPUs the resident high-water mark (VmHWM,
-    reset through /proc/self/clear_refs), which misses memory the allocator reuses from
-    earlier calls. None where neither is available."""
+    reset through /proc/self/clear_refs) after glibc has returned its free memory to the
+    system. None where neither is available."""
     if device == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -50,6 +60,8 @@ def call_with_peak(fn: Callable[[], object], device: str = "cpu") -> tuple[objec
         out = fn()
         torch.cuda.synchronize()
         return out, (torch.cuda.max_memory_allocated() - before) / 2**20
+    gc.collect()
+    _trim()
     try:
         Path("/proc/self/clear_refs").write_text("5")
         before = _status_kib("VmRSS")
@@ -61,7 +73,8 @@ def call_with_peak(fn: Callable[[], object], device: str = "cpu") -> tuple[objec
 
 @contextlib.contextmanager
 def threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` threads in torch (and numba, once imported)."""
+    """Run the block with ``n`` threads in torch, in the BLAS and OpenMP pools NumPy and SciPy
+    use (threadpoolctl, where installed) and in numba (once imported)."""
     old = torch.get_num_threads()
     numba = sys.modules.get("numba")
     old_nb = numba.get_num_threads() if numba is not None else None
@@ -69,7 +82,14 @@ def threads(n: int) -> Iterator[None]:
     if numba is not None:
         numba.set_num_threads(min(n, numba.config.NUMBA_NUM_THREADS))
     try:
-        yield
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        pools = contextlib.nullcontext()
+    else:
+        pools = threadpool_limits(limits=n)
+    try:
+        with pools:
+            yield
     finally:
         torch.set_num_threads(old)
         if numba is not None and old_nb is not None:

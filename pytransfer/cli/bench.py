@@ -15,6 +15,8 @@ from rich.table import Table
 from pytransfer.cli._common import fail, user_errors
 
 console = Console()
+if not console.is_terminal:
+    console = Console(width=140)  # logs and pipes: room for the table's columns
 
 
 def _fmt_time(t: float) -> str:
@@ -37,23 +39,27 @@ def _out_dir(out: Path) -> Path:
 
 
 def _table(rec: dict) -> Table:
-    title = f"{rec['op']}: {rec['name']} ({rec['detail']})"
+    """The workload's table; anchors that did not run and the roofline go in its caption."""
+    lines = [f"[dim]{label}: not run: {reason}[/dim]"
+             for label, reason in {**rec["missing"], **rec["failed"]}.items()]
     rl = rec["roofline"]
-    caption = None
     if rl:
-        caption = (f"{rec['subject']}: {100 * rl['fraction']:.1f}% of this machine's "
-                   f"{rl['bound']} bound")
-    table = Table(title=title, caption=caption, title_justify="left")
-    for col in ("implementation", "time", "anchor / subject", "target", "peak MiB",
-                "rel. error vs fp64", "2 threads / 1"):
-        table.add_column(col, justify="left" if col == "implementation" else "right")
+        lines.insert(0, f"{rec['subject']}: {100 * rl['fraction']:.1f}% of this machine's "
+                        f"{rl['bound']} bound")
+    table = Table(title=f"{rec['op']}: {rec['name']} ({rec['detail']})",
+                  caption="\n".join(lines) or None, title_justify="left",
+                  caption_justify="left")
+    for col in ("implementation", "time", "anchor / ours", "target", "peak MiB", "error",
+                "2 thr / 1"):
+        table.add_column(col, justify="left" if col == "implementation" else "right",
+                         no_wrap=col != "implementation")
     for label, t in rec["times_s"].items():
         r = rec["ratios"].get(label, {})
-        ratio = "1 (subject)" if label == rec["subject"] else (
+        ratio = "ours" if label == rec["subject"] else (
             f"{r['ratio']:.3g}x" if r.get("ratio") is not None else "")
         target = ""
         if r.get("target") is not None:
-            mark = "" if r["met"] is None else (" ✓" if r["met"] else " [red]MISSED[/red]")
+            mark = "" if r["met"] is None else (" ok" if r["met"] else " [red]MISSED[/red]")
             target = f">= {r['target']:.3g}x{mark}"
         peak = rec["peak_mib"].get(label)
         err = rec["error"].get(label)
@@ -64,11 +70,9 @@ def _table(rec: dict) -> Table:
         table.add_row(name, _fmt_time(t), ratio, target,
                       "" if peak is None else f"{peak:.1f}",
                       "" if err is None else f"{err:.1e}", "" if sp is None else f"{sp:.2f}x")
-    for label, reason in {**rec["missing"], **rec["failed"]}.items():
-        table.add_row(f"[dim]{label}[/dim]", "—", f"[dim]{reason}[/dim]", "", "", "", "")
     for name, m in rec["metrics"].items():
         target = "" if m["target"] is None else f"{m['sense']} {m['target']:g}" + (
-            " ✓" if m["met"] else " [red]MISSED[/red]")
+            " ok" if m["met"] else " [red]MISSED[/red]")
         table.add_row(f"[italic]{name}[/italic]", "", f"{m['value']:.4g}", target, "", "", "")
     return table
 
