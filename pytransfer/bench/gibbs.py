@@ -150,7 +150,8 @@ def _workload(size: str, S: int, device: str) -> Workload:
         op="gibbs", family=f"A.v, batch {X}, {op.numel} params", size=S, size_name="S",
         detail="fp32", subject="A.v (cached graph)", impls=impls,
         reference=lambda: twin.hvp(v.double()), targets=targets, work=work,
-        metrics=metrics if S == 32 and size == "full" else None, rounds={"tiny": 1, "quick": 3, "full": 3}[size])
+        metrics=metrics if S == 32 and size == "full" else None,
+        rounds={"tiny": 1, "quick": 3, "full": 3}[size])
 
 
 def workloads(size: str, device: str = "cpu") -> list[Workload]:
