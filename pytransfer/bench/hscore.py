@@ -2,8 +2,9 @@
 Learning", Definition 2), float32 features, one-shot and pixel-wise.
 
 Anchors: faithful re-implementations of tllib's ``h_score`` (NumPy, np.cov in float64,
-explicit ``pinv``; >= 3x) and ``regularized_h_score`` (sklearn Ledoit-Wolf; >= 3x), this
-package's float64 reference; pixel-wise: the per-pixel loop of tllib's ``h_score`` (timed on a
+explicit ``pinv``; >= 3x) and ``regularized_h_score`` (sklearn Ledoit-Wolf, its own (1 - alpha)
+weighting: timed, not compared; >= 3x), sklearn's Ledoit-Wolf with NumPy (the same quantity),
+this package's float64 reference; pixel-wise: the per-pixel loop of tllib's ``h_score`` (timed on a
 few pixels and scaled; >= 100x at P = 4096).
 """
 
@@ -55,6 +56,20 @@ def tllib_regularized_h_score(features: np.ndarray, labels: np.ndarray) -> float
     return float(np.trace(np.dot(np.linalg.pinv(covf_alpha, rcond=1e-15), (1 - alpha) * covg)))
 
 
+def sklearn_ledoit_wolf_h_score(features: np.ndarray, labels: np.ndarray) -> float:
+    """The same quantity written independently: sklearn's Ledoit-Wolf covariance (1/N) and
+    tr(cov^-1 cov g) with cov g the 1/N covariance of the per-class means (float64)."""
+    from sklearn.covariance import LedoitWolf
+
+    f = features.astype("float64")
+    z = f - f.mean(0)
+    cov = LedoitWolf().fit(f).covariance_
+    g = np.zeros_like(z)
+    for c in np.unique(labels):
+        g[labels == c] = z[labels == c].mean(0)
+    return float(np.trace(np.linalg.solve(cov, g.T @ g / len(f))))
+
+
 def problem(N: int, d: int, C: int, device: str = "cpu", seed: int = 0):
     gen = torch.Generator().manual_seed(seed)
     y = torch.randint(0, C, (N,), generator=gen)
@@ -95,6 +110,8 @@ def _one_shot(N: int, d: int, C: int, size: str, device: str, shrinkage: str | N
     else:
         impls[anchor := "tllib regularized_h_score"] = Impl(
             lambda: tllib_regularized_h_score(fn, yn), anchor=True, compare=False)
+        impls["sklearn Ledoit-Wolf + NumPy"] = Impl(
+            lambda: sklearn_ledoit_wolf_h_score(fn, yn), anchor=True, tol=1e-6)
 
         def ref():
             return h_score_reference(f, y, C, shrinkage=ledoit_wolf_reference(f))

@@ -22,13 +22,18 @@ def _sync(device: str) -> None:
 def time_call(fn: Callable[[], object], rounds: int, device: str = "cpu") -> float:
     """Median wall time (seconds) of ``rounds`` calls (the caller has warmed ``fn`` up)."""
     times = []
-    for _ in range(max(rounds, 1)):
-        gc.collect()
-        _sync(device)
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
+    enabled = gc.isenabled()
+    gc.disable()  # as timeit: no collection pauses inside a timed call
+    try:
+        for _ in range(max(rounds, 1)):
+            _sync(device)
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times.append(time.perf_counter() - t0)
+    finally:
+        if enabled:
+            gc.enable()
     return statistics.median(times)
 
 
@@ -60,7 +65,6 @@ def call_with_peak(fn: Callable[[], object], device: str = "cpu") -> tuple[objec
         out = fn()
         torch.cuda.synchronize()
         return out, (torch.cuda.max_memory_allocated() - before) / 2**20
-    gc.collect()
     _trim()
     try:
         Path("/proc/self/clear_refs").write_text("5")
