@@ -2,8 +2,8 @@
 Learning", Definition 2), float32 features, one-shot and pixel-wise.
 
 Anchors: faithful re-implementations of tllib's ``h_score`` (NumPy, np.cov in float64,
-explicit ``pinv``; >= 3x) and ``regularized_h_score`` (sklearn Ledoit-Wolf, its own (1 - alpha)
-weighting: timed, not compared; >= 3x), sklearn's Ledoit-Wolf with NumPy (the same quantity),
+explicit ``pinv``; >= 3x at N=50k, d=2048) and ``regularized_h_score`` (sklearn Ledoit-Wolf, its own (1 - alpha)
+weighting: timed, not compared; >= 3x at N=50k), sklearn's Ledoit-Wolf with NumPy (the same quantity),
 this package's float64 reference; pixel-wise: the per-pixel loop of tllib's ``h_score`` (timed on a
 few pixels and scaled; >= 100x at P = 4096).
 """
@@ -118,7 +118,7 @@ def _one_shot(N: int, d: int, C: int, size: str, device: str, shrinkage: str | N
     family = f"one-shot{', Ledoit-Wolf' if shrinkage else ''}, d={d}, C={C}"
     return Workload(
         op="hscore", family=family, size=N, size_name="N", detail="fp32", subject=ours,
-        impls=impls, reference=ref, targets=[Target(anchor, 3.0)],
+        impls=impls, reference=ref, targets=[Target(anchor, 3.0)] if N == 50_000 else [],
         work=Work(flops=N * d * d + 2.0 * N * d + d**3 / 3, bytes=4.0 * N * d),
         rounds={"tiny": 1, "quick": 2, "full": 1}[size])
 

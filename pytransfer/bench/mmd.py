@@ -3,7 +3,8 @@ backward, float32, U = 19 power-of-two Gaussian kernels.
 
 Linear estimator: the fused kernel against the plain-torch linear estimator (this package's
 reference backend; >= 3x at n=4096, d=2048) and a re-implementation of tllib's
-``MultipleKernelMaximumMeanDiscrepancy(linear=True)`` (>= 1000x at n=256, d=256). Quadratic
+``MultipleKernelMaximumMeanDiscrepancy(linear=True)`` (>= 1000x at n=256, d=256; quick runs
+check it at n=128, d=128). Targets apply at the sizes they were stated for. Quadratic
 U-statistic: the tiled kernel against the one-GEMM reference and GeomLoss's Gaussian-kernel
 ``SamplesLoss`` summed over the 19 bandwidths (the biased V-statistic: timed, not compared).
 """
@@ -19,7 +20,7 @@ U = 19
 MEMORY_CAP = 1.5e9  # bytes: anchors needing more are reported, not run
 LINEAR = {"tiny": (8, (16,)), "quick": (128, (128, 512, 2048)), "full": (256, (256, 1024, 4096))}
 WIDE = {"tiny": (16, (16,)), "quick": (512, (1024,)), "full": (2048, (4096,))}
-QUADRATIC = {"tiny": (8, (16,)), "quick": (256, (256, 1024)), "full": (512, (1024, 2048))}
+QUADRATIC = {"tiny": (8, (16,)), "quick": (256, (256, 512)), "full": (512, (1024, 2048))}
 TLLIB_AT = {"tiny": 16, "quick": 128, "full": 256}  # n of the >= 1000x target
 
 
@@ -146,6 +147,6 @@ def workloads(size: str, device: str = "cpu") -> list[Workload]:
                    {TLLIB_AT[size]: {"tllib-style linear": 1000.0}}) for n in ns]
     d, ns = WIDE[size]
     out += [_linear(n, d, size, device, f"linear, d={d}",
-                    {ns[-1]: {"plain-torch linear (reference)": 3.0}}) for n in ns]
+                    {4096: {"plain-torch linear (reference)": 3.0}}) for n in ns]
     d, ns = QUADRATIC[size]
     return out + [_quadratic(n, d, size, device) for n in ns]
