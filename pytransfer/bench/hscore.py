@@ -2,10 +2,11 @@
 Learning", Definition 2), float32 features, one-shot and pixel-wise.
 
 Anchors: faithful re-implementations of tllib's ``h_score`` (NumPy, np.cov in float64,
-explicit ``pinv``; >= 3x at N=50k, d=2048) and ``regularized_h_score`` (sklearn Ledoit-Wolf, its own (1 - alpha)
-weighting: timed, not compared; >= 3x at N=50k), sklearn's Ledoit-Wolf with NumPy (the same quantity),
-this package's float64 reference; pixel-wise: the per-pixel loop of tllib's ``h_score`` (timed on a
-few pixels and scaled; >= 100x at P = 4096).
+explicit ``pinv``; >= 3x at N=50k, d=2048) and ``regularized_h_score`` (sklearn Ledoit-Wolf
+with its own (1 - alpha) weighting: timed, not compared; >= 3x at N=50k), sklearn's
+Ledoit-Wolf with NumPy (the same quantity), this package's float64 reference; pixel-wise: the
+per-pixel loop of tllib's ``h_score`` (timed on a few pixels and scaled; >= 100x at P=4096).
+Targets apply at the sizes they were stated for.
 """
 
 from __future__ import annotations
