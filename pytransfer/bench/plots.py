@@ -14,6 +14,7 @@ def scaling(records: list[dict], out: Path) -> list[Path]:
     """One PNG per op, ``scaling_<op>.png``: log-log time against problem size, one panel per
     family, one line per implementation (the subject drawn thick)."""
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
 
     paths = []
     by_op: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
@@ -35,11 +36,16 @@ def scaling(records: list[dict], out: Path) -> list[Path]:
                         label=label + (" (subject)" if subject else ""))
             ax.set_xscale("log")
             ax.set_yscale("log")
+            sizes = [r["size"] for r in recs]
+            ax.set_xticks(sizes, [f"{x:g}" for x in sizes])
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            if len(sizes) == 1:
+                ax.set_xlim(sizes[0] / 2, sizes[0] * 2)
             ax.set_xlabel(recs[0]["size_name"])
             ax.set_ylabel("time (s)")
             ax.set_title(family, fontsize=10)
             ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7, loc="upper left")
+            ax.legend(fontsize=7, loc="best")
         for ax in list(axes.flat)[n:]:
             ax.axis("off")
         fig.suptitle(f"{op}: time against problem size (log-log)")
@@ -72,7 +78,11 @@ def roofline(records: list[dict], peaks: dict[str, float], out: Path) -> Path | 
     fig, (left, right) = plt.subplots(1, 2, figsize=(14, max(4.5, 0.34 * len(recs) + 1.5)),
                                       gridspec_kw={"width_ratios": [1, 1.15]})
     flops, bw = peaks["flop_per_s"] / 1e9, peaks["bytes_per_s"] / 1e9
-    xs = [10 ** (k / 10) for k in range(-30, 31)]
+    found = [r["roofline"]["intensity"] for r in recs if r["roofline"]["intensity"]]
+    lo = math.floor(math.log10(min(found, default=1.0))) - 1
+    hi = max(math.ceil(math.log10(max(found, default=1.0))) + 1, math.ceil(
+        math.log10(flops / bw)) + 1)
+    xs = [10 ** (lo + k * (hi - lo) / 100) for k in range(101)]
     left.plot(xs, [min(flops, bw * x) for x in xs], color="k", lw=2,
               label=f"roofline: {flops:.1f} GFLOP/s GEMM, {bw:.1f} GB/s copy")
     for r in recs:
@@ -128,6 +138,11 @@ def ratios(records: list[dict], out: Path) -> Path | None:
         if t is not None:
             ax.plot([t, t], [i - 0.45, i + 0.45], color="darkred", lw=2)
     ax.axvline(1.0, color="0.5", lw=1)
+    for i in range(1, len(rows)):  # a rule between ops
+        if rows[i][0].split(":")[0] != rows[i - 1][0].split(":")[0]:
+            ax.axhline(i - 0.5, color="0.3", lw=0.8)
+    values = [v for _, v, _ in rows] + [t for _, _, t in rows if t is not None]
+    ax.set_xlim(min(values) / 2, max(values) * 8)
     ax.set_yticks(range(len(rows)), [r[0] for r in rows], fontsize=6.5)
     ax.set_xscale("log")
     ax.set_xlabel("anchor time / subject time (dark red tick: stated target; red bar: missed)")

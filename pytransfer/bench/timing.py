@@ -6,7 +6,6 @@ import contextlib
 import ctypes
 import gc
 import statistics
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -78,9 +77,12 @@ def call_with_peak(fn: Callable[[], object], device: str = "cpu") -> tuple[objec
 @contextlib.contextmanager
 def threads(n: int) -> Iterator[None]:
     """Run the block with ``n`` threads in torch, in the BLAS and OpenMP pools NumPy and SciPy
-    use (threadpoolctl, where installed) and in numba (once imported)."""
+    use (threadpoolctl, where installed) and in numba (where installed)."""
     old = torch.get_num_threads()
-    numba = sys.modules.get("numba")
+    try:
+        import numba
+    except ImportError:
+        numba = None
     old_nb = numba.get_num_threads() if numba is not None else None
     torch.set_num_threads(n)
     if numba is not None:
