@@ -185,7 +185,7 @@ def test_bench_cuda_without_cuda_exits_2(tmp_path):
 
 
 def test_readme_section_is_rewritten_between_markers(tmp_path):
-    rec = run_workload(_fake_workload(target=0.5), device="cpu", n_threads=1, peaks=PEAKS)
+    rec = run_workload(_fake_workload(target=1e-9), device="cpu", n_threads=1, peaks=PEAKS)
     result = {"meta": {"size": "quick", "threads": 1, "cpu": "Test CPU", "cpu_count": 2,
                        "device": "cpu", "torch": "2", "triton": "3", "git_commit": "abc",
                        "note": "noisy"},
@@ -193,7 +193,7 @@ def test_readme_section_is_rewritten_between_markers(tmp_path):
               "records": [rec]}
     text = section(result, "bench/reference/x.json")
     assert "Test CPU (2 cores), 1 thread(s)" in text and "**noisy**" in text
-    assert "| fake | fake, n=8 (test) | ours | anchor |" in text and "≥ 0.5× ✓" in text
+    assert "| fake | fake, n=8 (test) | ours | anchor |" in text and "≥ 1e-09× ✓" in text
     assert "- lautum (op): no module" in text and "- absent: not installed here" in text
     assert " s " not in text and " ms" not in text  # ratios, never absolute times
     results = tmp_path / "r.json"
