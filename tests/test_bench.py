@@ -194,7 +194,8 @@ def test_readme_section_is_rewritten_between_markers(tmp_path):
     text = section(result, "bench/reference/x.json")
     assert "Test CPU (2 cores), 1 thread(s)" in text and "**noisy**" in text
     assert "| fake | fake, n=8 (test) | ours | anchor |" in text and "≥ 1e-09× ✓" in text
-    assert "- lautum (op): no module" in text and "- absent: not installed here" in text
+    assert "- lautum (op): no module" in text
+    assert "- absent (fake: fake, n=8): not installed here" in text
     assert " s " not in text and " ms" not in text  # ratios, never absolute times
     results = tmp_path / "r.json"
     results.write_text(json.dumps(result))

@@ -65,10 +65,16 @@ def section(result: dict, source: str) -> str:
         for i, row in enumerate(rows or [["", "", ""]]):
             cells = (first if i == 0 else ["", "", ""]) + row + (extra if i == 0 else [""] * 3)
             lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-    missing = sorted({f"{label}: {reason}" for r in result["records"]
-                      for label, reason in {**r["missing"], **r["failed"]}.items()})
+    where: dict[tuple[str, str], dict[str, list[str]]] = {}  # (anchor, reason) -> family: sizes
+    for r in result["records"]:
+        for label, reason in {**r["missing"], **r["failed"]}.items():
+            sizes = where.setdefault((label, reason), {}).setdefault(
+                f"{r['op']}: {r['family']}", [])
+            sizes.append(f"{r['size_name']}={r['size']:g}")
     lines += ["", "Not run:"] + [f"- {op} (op): {why}" for op, why in result["absent"].items()]
-    lines += [f"- {m}" for m in missing]
+    for (label, reason), fams in where.items():
+        places = "; ".join(f"{fam}, {', '.join(sizes)}" for fam, sizes in fams.items())
+        lines.append(f"- {label} ({places}): {reason}")
     if result["missed"]:
         lines += ["", f"Targets missed in this run ({len(result['missed'])}):"]
         lines += [f"- {m}" for m in result["missed"]]

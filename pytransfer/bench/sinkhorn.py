@@ -19,8 +19,8 @@ from pytransfer.bench.workload import Impl, Target, Work, Workload
 from pytransfer.ot import sinkhorn
 
 N, M, EPS, ITERS = 78, 22, 0.05, 100
-LOG_SIZES = {"tiny": (4,), "quick": (64, 256), "full": (256, 1024, 4096)}
-SCALING_SIZES = {"tiny": (4,), "quick": (256, 2048), "full": (256, 4096, 65536)}
+LOG_SIZES = {"tiny": (4,), "quick": (32, 128), "full": (256, 1024, 4096)}
+SCALING_SIZES = {"tiny": (4,), "quick": (256, 1024), "full": (256, 4096, 65536)}
 POT_LOOP = {"tiny": 2, "quick": 16, "full": 256}  # problems the POT loop is timed on
 REF_SUBSET = {"tiny": 4, "quick": 128, "full": 1024}  # ... and the log reference (scaling)
 GEOMLOSS = ("GeomLoss takes point clouds (SamplesLoss), not a given cost matrix: it is an "

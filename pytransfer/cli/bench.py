@@ -130,7 +130,13 @@ def bench(
                 absent[op] = module
                 console.print(f"[dim]{op}: {module}[/dim]")
                 continue
-            for w in module.workloads(size, device):
+            try:
+                workloads = module.workloads(size, device)
+            except (ImportError, RuntimeError) as exc:  # e.g. a kernel missing on this device
+                absent[op] = f"cannot set up: {type(exc).__name__}: {exc}".splitlines()[0]
+                console.print(f"[dim]{op}: {absent[op]}[/dim]")
+                continue
+            for w in workloads:
                 rec = run_workload(w, device=device, n_threads=threads, peaks=peaks,
                                    sweep=sweep, log=lambda s: status.update(f"timing {s}"))
                 console.print(_table(rec))
