@@ -16,11 +16,7 @@ import torch
 
 from pytransfer.bench.workload import Impl, Target, Work, Workload
 from pytransfer.hscore import h_score, pixelwise_h_score
-from pytransfer.hscore.reference import (
-    h_score_reference,
-    ledoit_wolf_reference,
-    pixelwise_h_score_reference,
-)
+from pytransfer.hscore.reference import h_score_reference, ledoit_wolf_reference
 
 ONE_SHOT = {"tiny": (16, 5, (200,)), "quick": (256, 20, (1000, 4000)),
             "full": (2048, 100, (10_000, 50_000))}  # d, C, N
@@ -139,7 +135,7 @@ def _pixel(P: int, d: int, C: int, N: int, size: str, device: str) -> Workload:
     return Workload(
         op="hscore", family=f"pixel-wise, d={d}, C={C}, N={N}", size=P, size_name="P",
         detail="fp32 features, uint8 label maps", subject=ours, impls=impls,
-        reference=lambda: pixelwise_h_score_reference(f, maps.long(), C),
+        reference=lambda: pixelwise_h_score(f.double(), maps, C, backend="reference"),
         targets=[Target(loop, 100.0)] if P == 4096 else [],
         work=Work(flops=2.0 * N * P * d + N * d * d, bytes=4.0 * N * d + N * P),
         rounds={"tiny": 1, "quick": 2, "full": 1}[size])

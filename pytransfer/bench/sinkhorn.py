@@ -41,8 +41,10 @@ def problem(B: int, seed: int = 0, dtype=torch.float32, device: str = "cpu"):
 
 
 def _reference(a, b, cost):
+    """The torch reference in float64, scaling form: the same iterates as the log domain
+    (exp(-C/eps) >= e^-20 does not underflow in float64), 50x faster."""
     return lambda: sinkhorn(a.double(), b.double(), cost.double(), EPS, max_iter=ITERS, tol=0.0,
-                            method="log", backend="reference").transport_cost
+                            method="scaling", backend="reference").transport_cost
 
 
 def _ours(a, b, cost, method, backend):
