@@ -20,18 +20,23 @@ def _met(value: float, target: float | None, sense: str = ">=") -> bool | None:
     return value >= target if sense == ">=" else value <= target
 
 
+def _rounds(rounds: int, first: float) -> int:
+    """Timed calls after a first call of ``first`` seconds: ten times more below 20 ms (the
+    median of millisecond calls on a shared machine needs them), one from 0.2 s."""
+    return rounds * 10 if first < 0.02 else (rounds if first < 0.2 else 1)
+
+
 def run_workload(w: Workload, *, device: str, n_threads: int, peaks: dict[str, float] | None,
-                 sweep: int | None = None, rounds: int | None = None,
-                 log: Callable[[str], None] = lambda _: None) -> dict:
+                 sweep: int | None = None, log: Callable[[str], None] = lambda _: None) -> dict:
     """Every runnable implementation of ``w`` at ``n_threads``; this package's kernels again at
-    ``sweep`` threads (the speed-up column) when given. ``rounds`` overrides ``w.rounds``."""
+    ``sweep`` threads (the speed-up column) when given."""
     rec: dict = {"op": w.op, "family": w.family, "size": w.size, "size_name": w.size_name,
                  "name": w.name, "detail": w.detail, "subject": w.subject,
                  "missing": w.missing(), "times_s": {}, "peak_mib": {}, "error": {},
                  "speedup": {}, "ratios": {}, "metrics": {}, "anchors": [],
                  "roofline": None, "failed": {}, "notes": {}}
     ref = w.reference() if w.reference is not None else None
-    rounds = rounds or w.rounds
+    rounds = w.rounds
     with threads(n_threads):
         for label, impl in w.runnable().items():
             log(f"{w.op}: {w.name}: {label}")
@@ -43,7 +48,7 @@ def run_workload(w: Workload, *, device: str, n_threads: int, peaks: dict[str, f
                     t = first
                 else:  # peak memory again without one-time initialisation; then timed calls
                     _, peak = call_with_peak(impl.fn, device)
-                    t = time_call(impl.fn, rounds if first < 0.2 else 1, device)
+                    t = time_call(impl.fn, _rounds(rounds, first), device)
                 t *= impl.scale
             except (RuntimeError, MemoryError, ValueError) as exc:
                 rec["failed"][label] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
@@ -68,7 +73,7 @@ def run_workload(w: Workload, *, device: str, n_threads: int, peaks: dict[str, f
                 t = time_call(impl.fn, 1, device)  # the warm-up call
                 one = rec["times_s"][label] / impl.scale
                 if t < 1.0 and t < 3 * one:  # (a much slower warm-up is its own answer)
-                    t = time_call(impl.fn, rounds if t < 0.2 else 1, device)
+                    t = time_call(impl.fn, _rounds(rounds, t), device)
                 rec["speedup"][label] = one / t
     subject = rec["times_s"].get(w.subject)
     for label in rec["anchors"]:
