@@ -6,7 +6,7 @@ explicit ``pinv``; >= 3x at N=50k, d=2048) and ``regularized_h_score`` (sklearn 
 with its own (1 - alpha) weighting: timed, not compared; >= 3x at N=50k), sklearn's
 Ledoit-Wolf with NumPy (the same quantity), this package's float64 reference; pixel-wise: the
 per-pixel loop of tllib's ``h_score`` (timed on a few pixels and scaled; >= 100x at P=4096).
-Targets apply at the sizes they were stated for.
+Extra peak memory <= 0.4 GB at N=50k. Targets apply at the sizes they were stated for.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from pytransfer.bench.timing import call_with_peak
 from pytransfer.bench.workload import Impl, Target, Work, Workload
 from pytransfer.hscore import h_score, pixelwise_h_score
 from pytransfer.hscore.reference import h_score_reference, ledoit_wolf_reference
@@ -113,9 +114,15 @@ def _one_shot(N: int, d: int, C: int, size: str, device: str, shrinkage: str | N
         def ref():
             return h_score_reference(f, y, C, shrinkage=ledoit_wolf_reference(f))
     family = f"one-shot{', Ledoit-Wolf' if shrinkage else ''}, d={d}, C={C}"
+
+    def metrics():  # streaming statistics: O(d^2 + C d) beyond the inputs
+        _, peak = call_with_peak(impls[ours].fn, device)
+        return {"extra peak memory (GB)": (None if peak is None else peak * 2**20 / 1e9,
+                                           0.4 if N == 50_000 else None, "<=")}
     return Workload(
         op="hscore", family=family, size=N, size_name="N", detail="fp32", subject=ours,
         impls=impls, reference=ref, targets=[Target(anchor, 3.0)] if N == 50_000 else [],
+        metrics=metrics if shrinkage is None else None,
         work=Work(flops=N * d * d + 2.0 * N * d + d**3 / 3, bytes=4.0 * N * d),
         rounds={"tiny": 1, "quick": 2, "full": 1}[size])
 

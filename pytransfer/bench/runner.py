@@ -63,6 +63,8 @@ def run_workload(w: Workload, *, device: str, n_threads: int, peaks: dict[str, f
                 rec["error"][label] = relative_error(out, ref, impl.take)
         if w.metrics is not None:
             for name, (value, target, sense) in w.metrics().items():
+                if value is None:  # not measurable here (e.g. no /proc)
+                    continue
                 rec["metrics"][name] = {"value": value, "target": target, "sense": sense,
                                         "met": _met(value, target, sense)}
     if sweep is not None and sweep != n_threads:
