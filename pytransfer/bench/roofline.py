@@ -15,15 +15,15 @@ GEMM_SIZE = 512  # three 1 MiB float32 matrices: cache-friendly
 COPY_ELEMENTS = 1 << 24  # 64 MiB of float32 read and written: far beyond the caches
 
 
-def measure(device: str = "cpu", rounds: int = 5) -> dict[str, float]:
+def measure(device: str = "cpu", rounds: int = 7) -> dict[str, float]:
     """Peak rates at the current thread count: ``exp_per_s`` (vectorised torch.exp over a
     float32 array), ``flop_per_s`` (torch.mm, float32, square) and ``bytes_per_s`` (a float32
     copy, counting the bytes read and written)."""
     gen = torch.Generator().manual_seed(0)
 
-    def rate(fn) -> float:
+    def rate(fn) -> float:  # the best of the rounds: contention only ever slows a call
         fn()  # warm-up
-        return time_call(fn, rounds, device)
+        return min(time_call(fn, 1, device) for _ in range(rounds))
 
     x = torch.rand(EXP_ELEMENTS, generator=gen).to(device)
     y = torch.empty_like(x)
