@@ -55,3 +55,112 @@ def plot_record(record: str | Path | list[dict], out: str | Path,
     fig.savefig(c, dpi=100)
     plt.close(fig)
     return rd, c
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    """A GitHub markdown table (first column left-aligned, the others right-aligned)."""
+    lines = ["| " + " | ".join(header) + " |",
+             "| --- |" + " ---: |" * (len(header) - 1)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def accuracy_summary(records: list[dict]) -> dict[tuple[str, str, int], tuple[float, float, int]]:
+    """(task, row, labels) -> (mean, std (population), number of seeds) of ``test_acc``."""
+    import numpy as np
+
+    groups: dict[tuple[str, str, int], list[float]] = {}
+    for r in records:
+        groups.setdefault((r["task"], r["row"], r["labels"]), []).append(r["test_acc"])
+    return {k: (float(np.mean(v)), float(np.std(v)), len(v)) for k, v in groups.items()}
+
+
+def accuracy_tables(records: list[dict]) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Per task: (header, rows) with one row per method and a ``mean ± std`` column per label
+    count; the best mean of each column in bold."""
+    summary = accuracy_summary(records)
+    out = {}
+    for task in dict.fromkeys(r["task"] for r in records):
+        rows = list(dict.fromkeys(r["row"] for r in records if r["task"] == task))
+        labels = sorted({r["labels"] for r in records if r["task"] == task})
+        best = {n: max(summary[(task, row, n)][0] for row in rows) for n in labels}
+        body = []
+        for row in rows:
+            cells = []
+            for n in labels:
+                m, s, _ = summary[(task, row, n)]
+                cell = f"{m:.3f} ± {s:.3f}"
+                cells.append(f"**{cell}**" if m == best[n] else cell)
+            body.append([row, *cells])
+        out[task] = (["method", *[f"{n} labels/class" for n in labels]], body)
+    return out
+
+
+def plot_accuracy(records: list[dict], out: str | Path,
+                  name: str = "jtln_accuracy.png") -> Path:
+    """Target test accuracy against labelled samples per class, mean ± std over seeds (error
+    bars), one panel per task, one line per method."""
+    import matplotlib.pyplot as plt
+
+    summary = accuracy_summary(records)
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    rows = list(dict.fromkeys(r["row"] for r in records))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.2), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        labels = sorted({r["labels"] for r in records if r["task"] == task})
+        for i, row in enumerate(rows):
+            stats = [summary[(task, row, n)] for n in labels]
+            shift = 1 + 0.025 * (i - (len(rows) - 1) / 2)  # spread the error bars apart
+            ax.errorbar([n * shift for n in labels], [s[0] for s in stats],
+                        yerr=[s[1] for s in stats], marker="o", capsize=3, label=row)
+        seeds = max(summary[(task, rows[0], n)][2] for n in labels)
+        ax.set_xscale("log")
+        ax.set_xticks(labels, [str(n) for n in labels])
+        ax.minorticks_off()
+        ax.set_xlabel("labelled target samples per class")
+        ax.set_ylabel("target test accuracy")
+        ax.set_title(f"{task} ({seeds} seeds, mean ± std)")
+        ax.grid(alpha=0.3)
+    axes[0][-1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(out) / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(records: list[dict], out: str | Path, labels: int | None = None,
+                name: str = "jtln_curves.png") -> Path:
+    """Training curves at one label count (default the smallest): training loss and target
+    test accuracy against the step, mean over seeds; one row of panels per task."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    rows = list(dict.fromkeys(r["row"] for r in records))
+    n = min(r["labels"] for r in records) if labels is None else labels
+    fig, axes = plt.subplots(len(tasks), 2, figsize=(11, 3.6 * len(tasks)), squeeze=False)
+    for (ax_loss, ax_acc), task in zip(axes, tasks):
+        for row in rows:
+            runs = [r["curve"] for r in records
+                    if r["task"] == task and r["row"] == row and r["labels"] == n]
+            if not runs:
+                continue
+            steps = [m["step"] for m in runs[0]]
+            loss = np.mean([[m["loss"] for m in c] for c in runs], axis=0)
+            line, = ax_loss.plot(steps, loss, label=row)
+            acc = [[(m["step"], m["test_acc"]) for m in c if "test_acc" in m] for c in runs]
+            ax_acc.plot([s for s, _ in acc[0]], np.mean([[a for _, a in c] for c in acc], 0),
+                        marker=".", color=line.get_color(), label=row)
+        ax_loss.set(xlabel="step", ylabel="training loss (each method's own objective)",
+                    title=f"{task}, {n} labels/class: training loss (mean over seeds)")
+        ax_acc.set(xlabel="step", ylabel="target test accuracy",
+                   title=f"{task}, {n} labels/class: test accuracy (mean over seeds)")
+        for ax in (ax_loss, ax_acc):
+            ax.grid(alpha=0.3)
+    axes[0][1].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    path = Path(out) / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from pytransfer.cli import app
@@ -10,13 +11,45 @@ from pytransfer.cli import app
 runner = CliRunner()
 
 
-def test_demo_prints_accuracy_table():
-    result = runner.invoke(app, ["demo", "--steps", "20", "--seeds", "1", "--quick"])
+def test_demo_writes_report_beside_an_existing_demo_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs" / "demo").mkdir(parents=True)
+    (tmp_path / "runs" / "demo" / "keep.txt").write_text("mine")
+    result = runner.invoke(app, ["demo", "--quick", "--steps", "4", "--seeds", "1",
+                                 "--labels", "2"])
     assert result.exit_code == 0, result.output
+    assert (tmp_path / "runs" / "demo" / "keep.txt").read_text() == "mine"
+    (folder,) = [p for p in (tmp_path / "runs").iterdir() if p.name.startswith("demo-")]
+    report = (folder / "report.md").read_text()
+    for row in ("target only", "consecutive fine-tuning", "joint fine-tuning (no OT)",
+                "JTLN (MK-MMD cost)", "JTLN (OT cost)"):
+        assert report.count(f"| {row} |") == 2  # one table per task
+    assert "task `digits`" in report and "task `styles`" in report
+    assert "Lautum" in report and "not yet available" in report.lower()
+    for png in ("jtln_accuracy.png", "jtln_curves.png", "free_energy_exact_rd.png"):
+        assert (folder / png).read_bytes()[:4] == b"\x89PNG"
     accs = [float(x) for x in re.findall(r"(\d\.\d{3}) ±", result.output)]
-    assert len(accs) == 2 and all(0.0 <= a <= 1.0 for a in accs)
+    assert len(accs) == 10 and all(0.0 <= a <= 1.0 for a in accs)
     assert "free-energy iso-classification on digits" in result.output
     assert "Layer choice" in result.output and "Spearman" in result.output
+
+
+@pytest.mark.parametrize("args,needle", [(["--seeds", "0"], "--seeds"),
+                                         (["--steps", "0"], "--steps"),
+                                         (["--labels", "1"], "--labels"),
+                                         (["--labels", "500"], "--labels 500")])
+def test_demo_user_errors_exit_2(args, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["demo", *args])
+    assert result.exit_code == 2 and needle in result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_demo_refuses_a_non_empty_out(tmp_path):
+    (tmp_path / "x.txt").write_text("mine")
+    result = runner.invoke(app, ["demo", "--quick", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "not empty" in result.output
+    assert [p.name for p in tmp_path.iterdir()] == ["x.txt"]
 
 
 def test_backends_command_lists_sinkhorn():

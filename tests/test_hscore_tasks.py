@@ -185,7 +185,7 @@ def test_cli_rank_and_cluster(tmp_path, monkeypatch):
 def test_demo_quick_correlates_h_score_with_accuracy():
     from rich.console import Console
 
-    from pytransfer.methods.hscore_demo import run_demo
+    from pytransfer.methods.hscore import run_demo
 
     console = Console(record=True, width=120)
     out = run_demo(console, quick=True)

@@ -1,5 +1,6 @@
-"""H-score demo (paper section 5.1): does the H-score rank features by the accuracy that
-transfer actually reaches?
+"""H-score layer choice and source selection ("An Information-theoretic Metric of
+Transferability for Task Transfer Learning", section 5.1): does the H-score rank features by
+the accuracy that transfer actually reaches?
 
 1. Layers: an MLP trained on digits 0-4; the features of each layer (at three points of
    training) are scored on the target task, digits 5-9, and a linear classifier is trained on
@@ -24,6 +25,7 @@ from sklearn.linear_model import LogisticRegression
 from pytransfer.data import digits_transfer
 from pytransfer.hscore import h_score, optimal_h_score
 from pytransfer.hscore.ace import dtm
+from pytransfer.methods._trainer import StepContext, Trainer
 
 
 def _linear_transfer_accuracy(ftr, ytr, fte, yte) -> float:
@@ -33,13 +35,13 @@ def _linear_transfer_accuracy(ftr, ytr, fte, yte) -> float:
 
 
 def layer_candidates(quick: bool) -> tuple[dict, torch.Tensor, dict, torch.Tensor]:
-    """Features of each MLP layer at several training steps, for target train and test."""
+    """Features of each MLP layer at several training steps (the shared trainer, full-batch
+    Adam on the source), for target train and test."""
     data = digits_transfer(target_per_class=50, seed=0)
     torch.manual_seed(0)
     widths = (64, 48, 32, 24)
     layers = torch.nn.ModuleList(torch.nn.Linear(a, b) for a, b in itertools.pairwise(widths))
-    head = torch.nn.Linear(widths[-1], 5)
-    opt = torch.optim.Adam([*layers.parameters(), *head.parameters()], lr=3e-3)
+    net = torch.nn.ModuleDict({"layers": layers, "head": torch.nn.Linear(widths[-1], 5)})
 
     def embed(x):
         out = {"input": x}
@@ -48,22 +50,28 @@ def layer_candidates(quick: bool) -> tuple[dict, torch.Tensor, dict, torch.Tenso
             out[f"layer {i + 1}"] = x
         return out
 
+    def step(ctx: StepContext):
+        b = ctx.batch("source", len(data.xs), len(data.xs))
+        logits = net["head"](embed(data.xs[b.idx])[f"layer {len(layers)}"])
+        ce = torch.nn.functional.cross_entropy(logits, data.ys[b.idx], reduction="sum") / b.total
+        return ce, {}
+
     checkpoints = (0, 10, 150) if quick else (0, 10, 40, 300)
     train, test = {}, {}
-    for step in range(checkpoints[-1] + 1):
+
+    def snapshot(step, total=None, record=None):
         if step in checkpoints:
             with torch.no_grad():
-                for name, f in embed(data.xt_train).items():
-                    if name != "input" or step == 0:
-                        train[f"{name} @ step {step}" if name != "input" else name] = f
-                for name, f in embed(data.xt_test).items():
-                    if name != "input" or step == 0:
-                        test[f"{name} @ step {step}" if name != "input" else name] = f
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(head(embed(data.xs)[f"layer {len(layers)}"]),
-                                                 data.ys)
-        loss.backward()
-        opt.step()
+                for store, x in ((train, data.xt_train), (test, data.xt_test)):
+                    for name, f in embed(x).items():
+                        if name != "input":
+                            store[f"{name} @ step {step}"] = f
+                        elif step == 0:
+                            store[name] = f
+
+    snapshot(0)
+    Trainer(net, torch.optim.Adam(net.parameters(), lr=3e-3), step, steps=checkpoints[-1],
+            method="hscore-layers", log_every=checkpoints[-1]).fit(progress=snapshot)
     return train, data.yt_train, test, data.yt_test
 
 
@@ -88,9 +96,10 @@ def synthetic_sources(n_sources: int, n: int, seed: int = 0):
     return P_t, k, feats, y, n
 
 
-def run_demo(console: Console, quick: bool = False) -> dict[str, float]:
-    """Print both tables; returns the two Spearman correlations."""
-    out = {}
+def run_demo(console: Console, quick: bool = False) -> dict:
+    """Print both tables; returns the two Spearman correlations (``layers``, ``sources``),
+    the table rows (``layer_rows``, ``source_rows``) and ``h_opt``."""
+    out: dict = {"layer_rows": [], "source_rows": []}
     train, ytr, test, yte = layer_candidates(quick)
     table = Table(title="Layer choice: MLP trained on digits 0-4, target digits 5-9")
     for col in ("features", "d", "H-score (Ledoit-Wolf)", "linear transfer accuracy"):
@@ -103,6 +112,8 @@ def run_demo(console: Console, quick: bool = False) -> dict[str, float]:
         hs.append(h)
         accs.append(acc)
         table.add_row(name, str(train[name].shape[1]), f"{h:.3f}", f"{acc:.3f}")
+        out["layer_rows"].append({"features": name, "d": train[name].shape[1], "h_score": h,
+                                  "accuracy": acc})
     out["layers"] = float(spearmanr(hs, accs).statistic)
     console.print(table)
     console.print(f"Spearman(H-score, accuracy) over {len(hs)} layer features: "
@@ -122,6 +133,9 @@ def run_demo(console: Console, quick: bool = False) -> dict[str, float]:
         hs.append(h)
         accs.append(acc)
         table.add_row(name, f"{h:.4f}", f"{h / h_opt:.3f}", f"{acc:.3f}")
+        out["source_rows"].append({"source": name, "h_score": h, "transferability": h / h_opt,
+                                   "accuracy": acc})
+    out["h_opt"] = h_opt
     out["sources"] = float(spearmanr(hs, accs).statistic)
     console.print(table)
     console.print(f"Spearman(H-score, accuracy) over {len(hs)} sources: {out['sources']:.3f}")
