@@ -9,12 +9,14 @@ from pytransfer.cli.demo import demo
 from pytransfer.cli.free_energy import app as free_energy_app
 from pytransfer.cli.hscore import app as hscore_app
 from pytransfer.cli.jtln import jtln
+from pytransfer.cli.lautum import lautum
 
 app = typer.Typer(help="pytransfer: fast kernels for information-theoretic transfer learning",
                   no_args_is_help=True)
 app.command()(demo)
 app.command()(backends)
 app.command()(jtln)
+app.command()(lautum)
 app.add_typer(hscore_app, name="hscore", help="H-score transferability: rank features/sources")
 app.add_typer(free_energy_app, name="free-energy",
               help="Free-energy iso-classification and transfer processes")
