@@ -147,16 +147,28 @@ def repeated_views(B=30, k=2, r=0.6, seed=0):
     return u * 3.0, r * u + (1 - r * r) ** 0.5 * w
 
 
+def hadamard_views(B=16, k=2, r=0.6):
+    """Exactly repeated correlations: +-1 Hadamard columns (orthogonal, centred), so both view
+    covariances are multiples of I and every canonical correlation is r."""
+    h = torch.ones(1, 1, dtype=torch.float64)
+    while h.shape[0] < B:
+        h = torch.cat([torch.cat([h, h], 1), torch.cat([h, -h], 1)], 0)
+    u, w = h[:, 1:1 + k], h[:, 1 + k:1 + 2 * k]
+    return u.clone(), r * u + (1 - r * r) ** 0.5 * w
+
+
 def test_repeated_correlations_value():
-    u, v = repeated_views()
     want = float(lautum_from_correlations(torch.tensor([0.6, 0.6], dtype=torch.float64)))
-    assert abs(float(gaussian_lautum(u, v)) - want) < 1e-10
+    for u, v in (repeated_views(), hadamard_views()):
+        assert abs(float(gaussian_lautum(u, v)) - want) < 1e-10
 
 
-@pytest.mark.parametrize("case", ["generic", "repeated", "ridge"])
+@pytest.mark.parametrize("case", ["generic", "repeated", "hadamard", "ridge"])
 def test_gradcheck(backend, case):
     if case == "repeated":
         u, v = repeated_views(B=12)
+    elif case == "hadamard":
+        u, v = hadamard_views()
     else:
         u, v = canonical_views(13, [0.7, 0.3], 3, 4, seed=8)
     ridge = 0.1 if case == "ridge" else 0.0
