@@ -67,3 +67,37 @@ def test_distributed_equals_global_batch(tmp_path):
             torch.testing.assert_close(g[0], w[0], rtol=1e-12, atol=1e-14)
             for gg, ww in zip(g[1:], w[1:]):
                 torch.testing.assert_close(gg, ww[rows], rtol=1e-10, atol=1e-13)
+
+
+def _method_worker(rank, port, out_dir):
+    from dataclasses import replace
+
+    from pytransfer.methods.lautum import LautumConfig, digits_task, run_one
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    cfg = replace(LautumConfig(), pre_steps=3, post_steps=3, eval_every=3, batch=32)
+    recs = [run_one(m, 50, 0, digits_task(), cfg).record for m in ("lautum", "te")]
+    torch.save(recs, os.path.join(out_dir, f"m{rank}.pt"))
+    dist.destroy_process_group()
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
+def test_lautum_and_te_training_equal_one_process(tmp_path):
+    """Lautum's global statistics and TE's global-batch augmentation draws and ensemble
+    updates make a 2-process run follow the 1-process run."""
+    from dataclasses import replace
+
+    from pytransfer.methods.lautum import LautumConfig, digits_task, run_one
+
+    mp.spawn(_method_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    cfg = replace(LautumConfig(), pre_steps=3, post_steps=3, eval_every=3, batch=32)
+    want = [run_one(m, 50, 0, digits_task(), cfg).record for m in ("lautum", "te")]
+    for r in range(WORLD):
+        for got, ref in zip(torch.load(tmp_path / f"m{r}.pt"), want):
+            assert got["test_acc"] == pytest.approx(ref["test_acc"], abs=1e-9)
+            for g, w in zip(got["curve"], ref["curve"]):
+                assert g.keys() == w.keys()
+                for k in g:
+                    assert g[k] == pytest.approx(w[k], rel=1e-4, abs=1e-6), k

@@ -11,11 +11,12 @@ Two stages on one network (a feature layer and a classification head):
 
 Baselines (the paper's Tables 1-2): ``standard`` (lambda = 0), ``mmd`` (MK-MMD with 19
 Gaussian kernels and the linear estimator between the feature layer on source and on
-unlabelled target batches, in pre-transfer; DAN's trade-off 1), ``te`` (Temporal Ensembling,
-Laine & Aila 2017, in post-transfer: see ``temporal_ensembling``). Every stage runs on the
-shared trainer (run folders, resume, DDP, progress). The target train split is divided into
-the labelled samples (``labels`` in total, equal per class) and the unlabelled rest; the
-test split is only evaluated, never trained on.
+unlabelled target batches, in pre-transfer; DAN's trade-off 1; under DDP the estimator pairs
+rows within each process's shard, an equally unbiased set of quad-tuples), ``te`` (Temporal
+Ensembling, Laine & Aila 2017, in post-transfer: see ``temporal_ensembling``). Every stage
+runs on the shared trainer (run folders, resume, DDP, progress). The target train split is
+divided into the labelled samples (``labels`` in total, equal per class) and the unlabelled
+rest; the test split is only evaluated, never trained on.
 
 CIFAR-100 target (the paper's "10 specific classes", which it does not name): fine labels
 0-9 (apple, aquarium_fish, baby, bear, beaver, bed, bee, beetle, bicycle, bottle), the first
@@ -212,21 +213,27 @@ def post_step(method: str, model: Net, data: TransferData, split: LabelSplit,
     ramp = max(1.0, cfg.te_ramp * cfg.post_steps)
     shape = data.image_shape
 
-    def augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def augment(x: torch.Tensor, ctx: StepContext, total: int) -> torch.Tensor:
+        """Augment this rank's rows with the draws of their places in the global batch, so
+        every rank consumes the generator alike and DDP equals one process."""
+        full = x.new_zeros(total, x.shape[1])
+        full[ctx.rank::ctx.world] = x
         if len(shape) == 2:
-            return te.augment_digits(x, shape, gen, shift=1, noise=cfg.te_noise)
-        return te.augment_images(x.reshape(-1, *shape), gen,
-                                 noise=cfg.te_noise).reshape(x.shape)
+            out = te.augment_digits(full, shape, ctx.generator, shift=1, noise=cfg.te_noise)
+        else:
+            out = te.augment_images(full.reshape(-1, *shape), ctx.generator,
+                                    noise=cfg.te_noise).reshape(full.shape)
+        return out[ctx.rank::ctx.world]
 
     def step(ctx: StepContext) -> tuple[torch.Tensor, dict]:
         b = ctx.batch("labelled", n_lab, cfg.batch)
         if method != "te":
             ce = _ce_share(model(split.x_lab[b.idx]), split.y_lab[b.idx], b.total)
             return ce, {"target_ce": ce}
-        ce = _ce_share(model(augment(split.x_lab[b.idx], ctx.generator)), split.y_lab[b.idx],
+        ce = _ce_share(model(augment(split.x_lab[b.idx], ctx, b.total)), split.y_lab[b.idx],
                        b.total)
         a = ctx.batch("all", n_all, cfg.batch)
-        probs = model(augment(split.x_all[a.idx], ctx.generator)).softmax(-1)
+        probs = model(augment(split.x_all[a.idx], ctx, a.total)).softmax(-1)
         target, seen = ensemble.targets(a.idx)
         w = te.ramp_weight(ctx.step, ramp, w_max)
         cons = te.consistency_mse(probs, target, seen, a.total)
