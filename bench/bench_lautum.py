@@ -171,7 +171,15 @@ def cases(quick: bool = False) -> list[Case]:
                             "anchor CCA (eigh + svdvals)": fwd_bwd(anchor_cca_lautum, u, v)},
                 targets={"anchor CCA (eigh + svdvals)": 2.0},
                 metrics=None if quick else _metrics, rounds=3)
-    out = [main]
+    b2 = 512 if quick else 1024
+    u2, v2 = problem(b2, p, p)
+    small_b = Case(op="lautum", name=f"gaussian_lautum fwd+bwd B={b2} p=q={p} fp32",
+                   subject="pytransfer cpu",
+                   candidates={"pytransfer cpu": fwd_bwd(gaussian_lautum, u2, v2),
+                               "anchor CCA (eigh + svdvals)": fwd_bwd(anchor_cca_lautum, u2,
+                                                                      v2)},
+                   rounds=5)
+    out = [main, small_b]
     for b in (128, 512) if quick else (128, 256, 512):
         ours, hand = loss_fwd_bwd(b)
         out.append(Case(op="lautum", name=f"LautumLoss fwd+bwd B={b} (784 -> p, 256 -> q) fp32",
