@@ -181,9 +181,10 @@ def test_gradcheck(backend, case):
 @pytest.mark.parametrize("op", [_ops.lautum_stats_cpu, _ops.lautum_stats_triton])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
 def test_opcheck(op, dtype):
-    x = torch.randn(9, 5, dtype=dtype, requires_grad=True)
-    shift = x.detach().double().mean(0)
-    torch.library.opcheck(op, (x, shift))
+    u = torch.randn(9, 3, dtype=dtype, requires_grad=True)
+    v = torch.randn(9, 2, dtype=dtype, requires_grad=True)
+    shift = torch.cat([u, v], 1).detach().double().mean(0)
+    torch.library.opcheck(op, (u, v, shift))
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -201,15 +202,21 @@ def test_backends_agree(dtype):
             torch.testing.assert_close(got, want, rtol=tol, atol=tol)
 
 
-def test_stats_op_gradient_against_autograd():
-    x = torch.randn(11, 4, dtype=torch.float64, requires_grad=True)
-    shift = x.detach().mean(0) + 0.3
-    g1, g2 = torch.randn(4, dtype=torch.float64), torch.randn(4, 4, dtype=torch.float64)
-    s1, s2 = _ops.lautum_stats_cpu(x, shift)
-    (gx,) = torch.autograd.grad((s1 * g1).sum() + (s2 * g2).sum(), x)
-    z = x - shift
-    (want,) = torch.autograd.grad((z.sum(0) * g1).sum() + ((z.T @ z) * g2).sum(), x)
-    torch.testing.assert_close(gx, want, rtol=1e-12, atol=1e-12)
+@pytest.mark.parametrize("op", [_ops.lautum_stats_cpu, _ops.lautum_stats_triton])
+def test_stats_op_against_autograd(op, monkeypatch):
+    monkeypatch.setattr(_ops, "BLOCK", 2)  # several column blocks per view, one straddling
+    u = torch.randn(11, 5, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(11, 3, dtype=torch.float64, requires_grad=True)
+    shift = torch.cat([u, v], 1).detach().mean(0) + 0.3
+    g1, g2 = torch.randn(8, dtype=torch.float64), torch.randn(8, 8, dtype=torch.float64)
+    s1, s2 = op(u, v, shift)
+    gu, gv = torch.autograd.grad((s1 * g1).sum() + (s2 * g2).sum(), (u, v))
+    z = torch.cat([u, v], 1) - shift
+    torch.testing.assert_close(s1, z.sum(0).detach(), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(s2, (z.T @ z).detach(), rtol=1e-12, atol=1e-12)
+    wu, wv = torch.autograd.grad((z.sum(0) * g1).sum() + ((z.T @ z) * g2).sum(), (u, v))
+    torch.testing.assert_close(gu, wu, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(gv, wv, rtol=1e-12, atol=1e-12)
 
 
 def _ok():

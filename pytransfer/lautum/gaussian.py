@@ -59,19 +59,21 @@ def check_views(u: object, v: object, check_inputs: bool = True) -> None:
         _checks.finite("v", v)
 
 
-def _global_stats(x: torch.Tensor, backend: str, group) -> tuple[torch.Tensor, ...]:
-    """(n, s1, s2) about a common shift; under ``distributed`` summed over the ranks with the
-    gradient of the global statistics w.r.t. this rank's rows (others enter as constants)."""
+def _global_stats(u: torch.Tensor, v: torch.Tensor, backend: str,
+                  group) -> tuple[torch.Tensor, ...]:
+    """(n, s1, s2) of [u | v] about a common shift; under ``distributed`` summed over the ranks
+    with the gradient of the global statistics w.r.t. this rank's rows (others enter as
+    constants)."""
     import torch.distributed as dist
 
-    xd = x.detach()
-    first = torch.cat([xd.new_tensor([x.shape[0]], dtype=torch.float64),
-                       xd.sum(0, dtype=torch.float64)])
+    first = torch.cat([u.new_tensor([u.shape[0]], dtype=torch.float64),
+                       u.detach().sum(0, dtype=torch.float64),
+                       v.detach().sum(0, dtype=torch.float64)])
     if group is not False:
         dist.all_reduce(first, group=group)
     n, shift = first[0], first[1:] / first[0]
-    _, fn = _dispatch.resolve(_ops.OP_STATS, backend, x.device.type)
-    s1, s2 = fn(x, shift)
+    _, fn = _dispatch.resolve(_ops.OP_STATS, backend, u.device.type)
+    s1, s2 = fn(u, v, shift)
     if group is not False:
         flat = torch.cat([s1.detach(), s2.detach().reshape(-1)])
         dist.all_reduce(flat, group=group)
@@ -128,10 +130,9 @@ def gaussian_lautum(u: torch.Tensor, v: torch.Tensor, *, ridge: float = 0.0,
     check_views(u, v, check_inputs)
     ridge = _checks.nonneg_float("ridge", ridge)
     _dispatch.check_backend_name(backend)
-    x = torch.cat([u, v], 1)
-    if x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    n, s1, s2 = _global_stats(x, backend, group if distributed else False)
+    if u.dtype in (torch.float16, torch.bfloat16):
+        u, v = u.float(), v.float()
+    n, s1, s2 = _global_stats(u, v, backend, group if distributed else False)
     m = s1 / n
     cov = s2 / n - m[:, None] * m[None, :]
     return lautum_from_covariance(cov, u.shape[1], ridge).to(u.dtype)
