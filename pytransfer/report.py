@@ -164,3 +164,53 @@ def plot_curves(records: list[dict], out: str | Path, labels: int | None = None,
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def paired_differences(records: list[dict], row: str, baseline: str
+                       ) -> dict[str, tuple[list[str], list[list[str]]]]:
+    """Per task: (header, rows) of ``row`` minus ``baseline`` test accuracy paired by seed
+    (same split and initialisation): mean ± std of the differences and the seeds where
+    ``row`` is higher, one row per label count."""
+    import numpy as np
+
+    acc = {(r["task"], r["row"], r["labels"], r["seed"]): r["test_acc"] for r in records}
+    out = {}
+    for task in dict.fromkeys(r["task"] for r in records):
+        body = []
+        for n in sorted({r["labels"] for r in records if r["task"] == task}):
+            seeds = sorted(s for (t, w, m, s) in acc if (t, w, m) == (task, row, n)
+                           and (task, baseline, n, s) in acc)
+            d = np.array([acc[(task, row, n, s)] - acc[(task, baseline, n, s)] for s in seeds])
+            body.append([str(n), f"{d.mean():+.3f} ± {d.std():.3f}",
+                         f"{int((d > 0).sum())}/{len(d)}"])
+        out[task] = (["labels/class", f"{row} − {baseline}", "seeds higher"], body)
+    return out
+
+
+def plot_rd_plane(records: dict[str, list[dict]], out: str | Path,
+                  name: str = "free_energy_rd.png") -> Path:
+    """Free-energy processes in the rate-distortion plane: D against R, one line per process
+    (e.g. the exact and practical iso-classification variants), t marked at both ends."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    starts = set()
+    for label, recs in records.items():
+        R, D = [r["R"] for r in recs], [r["D"] for r in recs]
+        line, = ax.plot(R, D, "o-", ms=4, label=label)
+        ends = [(recs[-1]["t"], R[-1], D[-1])]
+        if (R[0], D[0]) not in starts:  # processes from one model share their start
+            starts.add((R[0], D[0]))
+            ends.append((recs[0]["t"], R[0], D[0]))
+        for t, r, d in ends:
+            ax.annotate(f"t={t:g}", (r, d), textcoords="offset points", xytext=(6, 4),
+                        fontsize=8, color=line.get_color())
+    ax.set(xlabel="rate R", ylabel="distortion D",
+           title="free-energy iso-classification: R-D plane")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path = Path(out) / name
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

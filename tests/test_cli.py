@@ -26,7 +26,7 @@ def test_demo_writes_report_beside_an_existing_demo_folder(tmp_path, monkeypatch
         assert report.count(f"| {row} |") == 2  # one table per task
     assert "task `digits`" in report and "task `styles`" in report
     assert "Lautum" in report and "not yet available" in report.lower()
-    for png in ("jtln_accuracy.png", "jtln_curves.png", "free_energy_exact_rd.png"):
+    for png in ("jtln_accuracy.png", "jtln_curves.png", "free_energy_rd.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
     accs = [float(x) for x in re.findall(r"(\d\.\d{3}) ±", result.output)]
     assert len(accs) == 10 and all(0.0 <= a <= 1.0 for a in accs)

@@ -150,3 +150,40 @@ def test_styles_task_is_disjoint_with_sibling_classes():
     assert bool((d > 0).all())  # disjoint images (digits has no exact duplicates across)
     # thin source classes carry less ink than their thick siblings
     assert t.xs.sum(1).mean() < t.x_test.sum(1).mean()
+
+
+def test_task_from_dataset_halves_the_sorted_classes():
+    from pytransfer.data.tasks import task_from_dataset
+
+    y = torch.tensor([7, 3, 9, 3, 7, 9, 5, 5, 9, 7, 3, 5] * 3)
+    x = torch.arange(len(y) * 4, dtype=torch.float32).reshape(len(y), 2, 2)
+    t = task_from_dataset(x, y, labels=2, seed=0, name="npz:x")
+    assert (t.num_source, t.num_target) == (2, 2)  # classes 3, 5 | 7, 9
+    assert t.xs.shape[1] == 4 and sorted(t.ys.unique().tolist()) == [0, 1]
+    assert len(t.xs) == 18 and len(t.yt) == 4 and len(t.xu) + len(t.x_test) == 14
+    rows = torch.cat([t.xs, t.xt, t.xu, t.x_test])
+    assert len(torch.unique(rows, dim=0)) == len(y)  # every sample once
+    src_first = x.reshape(len(y), -1)[torch.isin(y, torch.tensor([3, 5]))]
+    assert torch.equal(t.xs, src_first)
+
+
+def test_jtln_killed_and_resumed_equals_uninterrupted(tmp_path):
+    cfg = JTLNConfig(steps=10, batch_size=16, hidden=16, pretrain_steps=3, ot_inputs="target")
+
+    class Kill(Exception):
+        pass
+
+    def killer(step, total, record):
+        if step == 7:
+            raise Kill
+
+    ref_model, ref = train(_tiny_task(), cfg, run_dir=tmp_path / "a", checkpoint_every=3,
+                           eval_every=5)
+    with pytest.raises(Kill):
+        train(_tiny_task(), cfg, run_dir=tmp_path / "b", checkpoint_every=3, eval_every=5,
+              progress=killer)
+    model, res = train(_tiny_task(), cfg, run_dir=tmp_path / "b", checkpoint_every=3,
+                       eval_every=5, resume=True)
+    assert res.metrics == ref.metrics and len(res.metrics) == 10
+    for p, q in zip(ref_model.parameters(), model.parameters()):
+        assert torch.equal(p, q)

@@ -50,3 +50,10 @@ def test_run_folder_written_refused_then_resumed(tmp_path):
     other = runner.invoke(app, [*TINY, "--out", str(out), "--method", "joint", "--resume",
                                 "--lr", "0.5"])
     assert other.exit_code == 2 and "differs in settings" in other.output
+
+
+def test_unknown_data_spec_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, [*TINY, "--data", "bogus:nowhere"])
+    assert res.exit_code == 2 and "Traceback" not in res.output
+    assert len(res.output.strip().splitlines()) == 1

@@ -104,7 +104,7 @@ def _ddp_worker(rank, port, out):
 
     torch.set_num_threads(1)
     assert init_distributed("cpu") == (rank, 2)
-    t = _setup(seed=0)
+    t = _setup(seed=0, run_dir=f"{out}_run")  # rank 0 writes, both ranks check first
     res = t.fit()
     torch.save({"metrics": res.metrics, "params": [p.detach() for p in t.model.parameters()]},
                f"{out}.{rank}")
@@ -128,3 +128,6 @@ def test_two_process_gloo_ddp_matches_one_process(tmp_path):
                 assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-6), (k, a, b)
         for p, q in zip(got["params"], t.model.parameters()):
             torch.testing.assert_close(p, q.detach(), rtol=1e-5, atol=1e-6)
+    lines = (tmp_path / "ddp_run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r) for r in lines] == torch.load(f"{out}.0", weights_only=True)["metrics"]
+    assert json.loads((tmp_path / "ddp_run" / "config.json").read_text())["world_size"] == 2

@@ -129,15 +129,15 @@ def _write_report(folder: Path, records, hscore, fe_records, base, seeds, label_
     from pytransfer.report import (
         accuracy_tables,
         markdown_table,
+        paired_differences,
         plot_accuracy,
         plot_curves,
-        plot_record,
+        plot_rd_plane,
     )
 
-    figs = [plot_accuracy(records, folder), plot_curves(records, folder)]
     variants = ("exact", "practical")
-    for variant, recs in zip(variants, fe_records):
-        figs += plot_record(recs, folder, stem=f"free_energy_{variant}")
+    figs = [plot_accuracy(records, folder), plot_curves(records, folder),
+            plot_rd_plane(dict(zip(variants, fe_records)), folder)]
     cfg = asdict(base)
     md = ["# pytransfer demo report", "",
           f"{'Quick run. ' if quick else ''}Phases (seconds): "
@@ -159,6 +159,9 @@ def _write_report(folder: Path, records, hscore, fe_records, base, seeds, label_
     for task, (header, rows) in accuracy_tables(records).items():
         md += [f"### task `{task}`: target test accuracy, mean ± std over {seeds} seeds", "",
                markdown_table(header, rows), ""]
+        for row in ("JTLN (MK-MMD cost)", "JTLN (OT cost)"):
+            ph, pr = paired_differences(records, row, "joint fine-tuning (no OT)")[task]
+            md += [markdown_table(ph, pr), ""]
     md += ["![accuracy against label count](jtln_accuracy.png)", "",
            "![training curves](jtln_curves.png)", "",
            "## Lautum regularisation", "", "Not yet available in this build.", "",
@@ -178,7 +181,8 @@ def _write_report(folder: Path, records, hscore, fe_records, base, seeds, label_
                markdown_table(["t", "lambda", "gamma", "R", "D", "C"],
                               [[f"{r['t']:.2f}", f"{r['lam']:.3f}", f"{r['gamma']:.3f}",
                                 f"{r['R']:.3f}", f"{r['D']:.3f}", f"{r['C']:.4f}"] for r in recs]),
-               "", f"![R-D plane](free_energy_{variant}_rd.png)", ""]
+               ""]
+    md += ["![R-D plane](free_energy_rd.png)", ""]
     report = folder / "report.md"
     atomic_write_text(report, "\n".join(md))
     results = folder / "results.json"

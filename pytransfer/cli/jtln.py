@@ -186,8 +186,8 @@ def _train_all(data, task, tasks, label_counts, seeds, base, run_dir, device, ev
                 def progress(step, _total, _record, done=done):
                     bar.update(total, completed=done + step)
 
-                sub = run_dir / f"{t.name.replace(':', '_').replace('/', '_')}-{base.method}-" \
-                                f"labels{n}-seed{seed}"
+                kind = t.name.split(":")[0]  # digits, styles, or the spec's kind (npz, ...)
+                sub = run_dir / f"{kind}-{base.method}-labels{n}-seed{seed}"
                 _, res = train(t, cfg, run_dir=sub, resume=True, progress=progress,
                                eval_every=eval_every, device=device)
                 results[n].append(res.final["test_acc"])

@@ -1,1 +1,2 @@
-"""Training modules for the four methods; they call only the ops and ``pytransfer.nn`` losses."""
+"""Training modules, one per method, all on the shared loop of ``_trainer``; they call only the
+ops and ``pytransfer.nn`` losses."""

@@ -159,6 +159,7 @@ def resolve_run_dir(out: str | Path | None, method: str, resume: bool,
     if out is not None:
         path = Path(out)
         check_run_dir(path, resume)
+        _barrier()  # every rank has checked before rank 0 writes into it
         return path
     path = new_run_dir(runs_root, method) if rank == 0 else None
     if world > 1:
@@ -168,6 +169,13 @@ def resolve_run_dir(out: str | Path | None, method: str, resume: bool,
         dist.broadcast_object_list(box, src=0)
         path = box[0]
     return path
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
 
 
 def check_run_dir(path: Path, resume: bool) -> None:
@@ -287,6 +295,7 @@ class Trainer:
         self.run_dir = Path(run_dir) if run_dir is not None else None
         if self.run_dir is not None:
             check_run_dir(self.run_dir, resume)
+            _barrier()  # every rank has checked before rank 0 writes into it
 
     # -- distributed helpers ---------------------------------------------------------------
     def _broadcast_object(self, obj: Any) -> Any:

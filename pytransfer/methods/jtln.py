@@ -232,7 +232,8 @@ def class_cost(task: TransferTask, cfg: JTLNConfig,
                               num_target_classes=task.num_target)
     else:
         scale = float(torch.cdist(fs, ft).pow(2).mean())
-        cost = class_pair_ot(fs, task.ys, ft, task.yt, eps=cfg.cost_eps * scale, p=2)
+        cost = class_pair_ot(fs, task.ys, ft, task.yt, eps=cfg.cost_eps * scale, p=2,
+                             debias=False)  # the paper's <gamma_0, C>
     return normalise_cost(cost, cfg.normalise).to(task.xs.dtype)
 
 
@@ -313,8 +314,8 @@ def target_accuracy(model: JTLN, x: torch.Tensor, y: torch.Tensor) -> float:
 
 def train(task: TransferTask, cfg: JTLNConfig, *, run_dir: str | Path | None = None,
           resume: bool = False, progress: Progress | None = None, eval_every: int = 0,
-          device: str | torch.device = "cpu",
-          cost: torch.Tensor | None = None) -> tuple[JTLN, TrainResult]:
+          device: str | torch.device = "cpu", cost: torch.Tensor | None = None,
+          checkpoint_every: int = 100) -> tuple[JTLN, TrainResult]:
     """Train ``cfg.method`` on ``task``; records hold the loss terms and, every
     ``eval_every`` steps and at the end, ``test_acc`` (target test accuracy). ``cost``: a
     precomputed :func:`class_cost` for ``cfg`` (computed here when None)."""
@@ -331,7 +332,8 @@ def train(task: TransferTask, cfg: JTLNConfig, *, run_dir: str | Path | None = N
     settings = {**asdict(cfg), "task": task.name, "labels": len(task.yt) // task.num_target}
     trainer = Trainer(model, opt, make_step(model, task, cfg, cost), steps=cfg.steps,
                       seed=cfg.seed, method=cfg.method, settings=settings, run_dir=run_dir,
-                      resume=resume, eval_every=eval_every, checkpoint_every=100,
+                      resume=resume, eval_every=eval_every,
+                      checkpoint_every=checkpoint_every,
                       evaluate=lambda m: {"test_acc": target_accuracy(m, task.x_test,
                                                                       task.y_test)})
     return model, trainer.fit(progress)
