@@ -13,6 +13,7 @@ from pytransfer.cli.demo import demo
 from pytransfer.cli.free_energy import app as free_energy_app
 from pytransfer.cli.hscore import app as hscore_app
 from pytransfer.cli.jtln import jtln
+from pytransfer.cli.lautum import lautum
 
 # plots are files: the CLI (never the library) picks the Agg backend
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -22,6 +23,7 @@ app = typer.Typer(help="pytransfer: fast kernels for information-theoretic trans
 app.command()(demo)
 app.command()(backends)
 app.command()(jtln)
+app.command()(lautum)
 app.command()(bench)
 app.add_typer(hscore_app, name="hscore", help="H-score transferability: rank features/sources")
 app.add_typer(free_energy_app, name="free-energy",
