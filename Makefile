@@ -17,7 +17,7 @@ $(STAMP): $(BIN)/python $(SOURCES)
 	PYTRANSFER_REQUIRE_EXT=1 $(BIN)/python -m pip install --quiet -e ".[test,bench]"
 	touch $@
 
-demo: $(STAMP)           ## the main job: JTLN OT loss on sklearn digits (0-4 -> 5-9)
+demo: $(STAMP)           ## the main job: every method on sklearn digits (report in runs/demo)
 	$(BIN)/pytransfer demo
 
 test: $(STAMP)           ## lint, then the test suite (Triton kernels under TRITON_INTERPRET=1)

@@ -1,4 +1,4 @@
-// Batched log-domain Sinkhorn, CPU kernel (DESIGN.md section 3). Raw pointers, no torch.
+// Batched log-domain Sinkhorn, CPU kernel. Raw pointers, no torch.
 #pragma once
 #include <cstdint>
 

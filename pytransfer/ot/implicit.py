@@ -1,4 +1,4 @@
-"""Gradients of Sinkhorn's outputs at the fixed point (DESIGN.md section 3, issue 3).
+"""Gradients of Sinkhorn's outputs at the fixed point.
 
 With plan P_ij = exp((f_i + g_j - C_ij)/eps) and marginal constraints P 1 = a, P^T 1 = b,
 differentiating the constraints gives the (n + m) system

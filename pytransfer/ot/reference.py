@@ -1,4 +1,4 @@
-"""Plain-PyTorch batched log-domain Sinkhorn: the specification in code (DESIGN.md section 3).
+"""Plain-PyTorch batched log-domain Sinkhorn: the specification in code.
 
 Shapes: a (B, n), b (B, m), cost (B, n, m) or (1, n, m). Potentials are in cost units with
 plan_ij = exp((f_i + g_j - C_ij) / eps) (JTLN: f = eps log u, g = eps log v, the paper's

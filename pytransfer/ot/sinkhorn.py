@@ -1,4 +1,4 @@
-"""``pytransfer.ot.sinkhorn``: batched entropic OT between small histograms (DESIGN.md section 3).
+"""``pytransfer.ot.sinkhorn``: batched entropic OT between small histograms.
 
 The JTLN loss (Lu et al., eq. 7-11) is ``transport_cost`` of this solver between the source
 and target classifier outputs, with the paper's lambda = 1/eps.
