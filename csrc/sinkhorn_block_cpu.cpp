@@ -266,7 +266,7 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
       const T e = std::exp(-(cost[i * m + j] - cmin) / eps);
       E[i * m + j] = e;
       ET[j * n + i] = e;
-      EC[i * m + j] = e * cost[i * m + j];
+      EC[i * m + j] = e > 0 ? e * cost[i * m + j] : T(0);  // 0 * inf = 0: forbidden pairs
     }
   const Problem<T> P{a, b, cost, E.data(), ET.data(), n, m, eps, cmin, max_iter, tol, lo, hi,
                      f, g, n_iter, err, absorbed};

@@ -170,8 +170,8 @@ def sinkhorn_values(
     """(transport_cost, objective, plan) from converged potentials; cost (B|1, n, m).
 
     ``factorized`` (shared cost, moderate range): values by GEMMs, and the plan is formed only
-    with ``return_plan`` (else a 0-size tensor; backward forms it if it needs it). The plan is
-    an output without gradient.
+    with ``return_plan`` (else a 0-size tensor; backward forms it if it needs it). The plan's
+    gradient is the implicit one at the fixed point (``implicit.plan_vjp``) in either mode.
     """
     if return_plan or not factorized:
         B, n, m = a.shape[0], a.shape[1], b.shape[1]
@@ -195,15 +195,19 @@ def _(a, b, cost, f, g, eps, grad_mode, factorized, return_plan):
 
 def _setup_context(ctx, inputs, output):
     a, b, cost, f, g, eps, grad_mode, _factorized, _return_plan = inputs
-    ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)  # an unused plan gets no (B, n, m) zero gradient
     ctx.save_for_backward(a, b, cost, f, g, output[2])
     ctx.eps, ctx.grad_mode = eps, grad_mode
 
 
-def _backward(ctx, grad_transport, grad_objective, _grad_plan):
+def _backward(ctx, grad_transport, grad_objective, grad_plan):
     a, b, cost, f, g, plan = ctx.saved_tensors
     eps = ctx.eps
     need_a, need_b, need_C = ctx.needs_input_grad[:3]
+    with_plan = grad_plan is not None and grad_plan.numel() > 0
+    zero = a.new_zeros(a.shape[0])
+    grad_transport = zero if grad_transport is None else grad_transport
+    grad_objective = zero if grad_objective is None else grad_objective
     if plan.numel() == 0 and (need_C or ctx.grad_mode == "implicit"):
         plan = plan_from_potentials(a, b, cost, f, g, eps)
     ga_o, gb_o, gC_o = implicit.objective_vjp(a, b, f, g, plan, eps)
@@ -217,8 +221,13 @@ def _backward(ctx, grad_transport, grad_objective, _grad_plan):
     grad_C = None
     if need_C:
         grad_C = wt[:, :, None] * gC_t + wo[:, :, None] * gC_o
-        if cost.shape[0] == 1 and a.shape[0] != 1:
-            grad_C = grad_C.sum(0, keepdim=True)
+    if with_plan:  # the plan's own gradient: implicit rule at the fixed point
+        ga_p, gb_p, gC_p = implicit.plan_vjp(a, b, cost, f, g, plan, eps, grad_plan, need_C)
+        grad_a = grad_a + ga_p if need_a else None
+        grad_b = grad_b + gb_p if need_b else None
+        grad_C = grad_C + gC_p if need_C else None
+    if need_C and cost.shape[0] == 1 and a.shape[0] != 1:
+        grad_C = grad_C.sum(0, keepdim=True)
     return grad_a, grad_b, grad_C, None, None, None, None, None, None
 
 

@@ -58,9 +58,13 @@ def div_cpu(w, den, x_old, x_new, with_err):
 
 
 def scaling_range(cost: torch.Tensor, eps: float) -> float:
-    """(max C - min C) / eps: the exponent range of K (host sync)."""
+    """(max C - min C) / eps over the finite entries (+inf: forbidden pairs, K = 0 there):
+    the exponent range of K (host sync)."""
     cost = cost.detach()
-    return float(cost.max() - cost.min()) / eps
+    hi = cost.max()
+    if bool(torch.isinf(hi)):
+        hi = cost.nan_to_num(posinf=float("-inf")).max()
+    return float(hi - cost.min()) / eps
 
 
 def sinkhorn_scaling(a, b, cost, eps, max_iter, tol, div: DivFn, log_solver):
