@@ -233,3 +233,12 @@ def test_truncated_run_columns_exact_and_transpose_of_pot(backend, k):
     pot_rows = ot.sinkhorn(a[0].numpy(), b[0].numpy(), C.numpy(), 0.05, numItermax=k,
                            stopThr=0.0)
     torch.testing.assert_close(torch.from_numpy(pot_rows).sum(1), a[0], rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("name", ["sinkhorn_log_cpu", "sinkhorn_log_triton"])
+def test_opcheck_solvers_with_warm_start(name):
+    from pytransfer.ot import _ops
+
+    a, b, C = random_problem(2, 3, 4)
+    g0 = torch.randn(2, 4, generator=torch.Generator().manual_seed(3), dtype=a.dtype)
+    torch.library.opcheck(getattr(_ops, name), (a, b, C[None], 0.1, 50, 1e-6, g0))
