@@ -42,6 +42,30 @@ def test_warm_start_from_a_perturbed_solution_equals_a_cold_solve(backend, metho
     torch.testing.assert_close(warm.objective, cold.objective, rtol=1e-10, atol=0)
 
 
+def test_scaling_warm_start_out_of_range_starts_in_the_log_domain(backend):
+    """Problem 1's v = exp(g/eps) is shifted far outside the scalings' range (a gauge shift:
+    the same plan): it starts in the log domain, problem 0 in the scaling form."""
+    a, b, C = random_problem(2, 5, 6, seed=4)
+    cold = sinkhorn(a, b, C, 0.1, tol=1e-11, method="scaling", backend=backend,
+                    return_plan=True)
+    shift = torch.tensor([[0.0], [300 * 0.1]], dtype=a.dtype)  # e^300 > 1e80
+    warm = sinkhorn(a, b, C, 0.1, tol=1e-11, method="scaling", backend=backend,
+                    return_plan=True, init=(cold.f - shift, cold.g + shift))
+    assert bool((warm.n_iter <= 2).all())
+    torch.testing.assert_close(warm.plan, cold.plan, rtol=1e-8, atol=1e-13)
+    torch.testing.assert_close(warm.g, cold.g + shift, rtol=1e-8, atol=1e-8)
+
+
+@pytest.mark.parametrize("name", ["sinkhorn_scaling_cpu", "sinkhorn_scaling_triton"])
+def test_opcheck_scaling_solvers_with_warm_start(name):
+    from pytransfer.ot import _ops
+
+    a, b, C = random_problem(3, 3, 4)
+    g0 = 0.1 * torch.randn(3, 4, generator=torch.Generator().manual_seed(3), dtype=a.dtype)
+    g0[2] += 300.0 * 0.1  # one problem starts in the log domain
+    torch.library.opcheck(getattr(_ops, name), (a, b, C[None], 0.1, 50, 1e-6, g0))
+
+
 def test_unbatched_warm_start_is_shared_and_matches_pot_warmstart():
     a, b, C = random_problem(2, 5, 4, seed=3)
     cold = sinkhorn(a, b, C, 0.1, tol=1e-12)

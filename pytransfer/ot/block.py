@@ -52,11 +52,12 @@ def check(a, b, cost, rtol):
     return ok, span
 
 
-def solve(a, b, cost, eps, max_iter, tol, values=False):
+def solve(a, b, cost, eps, max_iter, tol, values=False, g_init=None):
     """(f, g, n_iter, err, absorbed, converged, transport, objective, f centred, g centred) of
     the C++ kernel for contiguous float32/float64 a (B, n), b (B, m), cost (1, n, m); the
     last four only with ``values`` (else None); ``absorbed`` marks problems that finished in
-    the log domain."""
+    the log domain (or started there: a warm start ``g_init`` (B, m) outside the scalings'
+    range)."""
     B, n = a.shape
     f, g = torch.empty_like(a), torch.empty_like(b)
     n_iter = torch.empty(B, dtype=torch.int64)
@@ -73,7 +74,8 @@ def solve(a, b, cost, eps, max_iter, tol, values=False):
 
     _ext.call(
         "sinkhorn_block", a.dtype, _ext.src(a, B, n), _ext.src(b, B, m), _ext.src(cost, 1, n, m),
-        B, n, m, eps, max_iter, tol, lo, hi, _ext.dst(f, B, n), _ext.dst(g, B, m),
+        B, n, m, eps, max_iter, tol, lo, hi, _ext.src(g_init, B, m), _ext.dst(f, B, n),
+        _ext.dst(g, B, m),
         _ext.dst(n_iter, B, dtype=torch.int64), _ext.dst(err, B),
         _ext.dst(absorbed, B, dtype=torch.bool), _ext.dst(converged, B, dtype=torch.bool),
         opt(transport), opt(objective), opt(fc, n), opt(gc, m))

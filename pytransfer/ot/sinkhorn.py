@@ -223,10 +223,10 @@ def sinkhorn(
         init: warm start ``(f, g)``, potentials in cost units as returned in ``f``, ``g``
             ((B, n), (B, m), or (n,), (m,) for every problem; finite, a's dtype and device;
             POT's ``warmstart`` is ``(f / eps, g / eps)``). Iteration 1 computes f from g, so
-            only g steers the solve (f is checked, not used). A warm start runs the log-domain
-            iterations on every backend and method (the scaling form's iterates from the same
-            g; its scalings exp(g/eps) may lie outside the safe range), and the values still
-            use the factorized form when ``method`` allows it. No gradient flows into init.
+            only g steers the solve (f is checked, not used). The log domain starts from g, the
+            scaling form from v = exp(g/eps); a problem whose v lies outside the scalings'
+            safe range (``scaling.SAFE_RANGE``) starts in the log domain from g instead (as an
+            absorbed problem would). Every backend and method. No gradient flows into init.
 
     Forbidden pairs: +inf cost entries are never matched (plan 0 there, and 0 * inf counts as
     0 in the values and gradients). A row or column with every entry on the other side's
@@ -255,13 +255,12 @@ def sinkhorn(
     method, factorized = _choose_method(method, shared, grad, cost, eps, cost_span)
     if g_init is not None:
         g_init = g_init.to(a.dtype).expand(a.shape[0], -1).contiguous()
-        method = "log"  # a warm start runs the log-domain iterations (docstring)
     op = _ops.OP_SCALING if method == "scaling" else _ops.OP
     B, n, m = a.shape[0], a.shape[1], b.shape[1]
     name, solve = _dispatch.resolve(op, backend, device.type, n=n, m=m)
     converged = None
     warm = () if g_init is None else (g_init,)
-    if (name == "cpu" and method == "scaling" and grad == "dual" and not return_plan
+    if (name == "cpu" and method == "scaling" and grad == "dual" and not return_plan and not warm
             and not block.use_gemm_loop(B, n, m, a.dtype, torch.get_num_threads())):
         # the block kernel: solve, values and dual gradients in one call
         transport, objective, f, g, n_iter, err, converged, _, _ = block.sinkhorn_dual(
