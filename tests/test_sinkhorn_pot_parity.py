@@ -266,3 +266,17 @@ def test_opcheck_solvers_with_warm_start(name):
     a, b, C = random_problem(2, 3, 4)
     g0 = torch.randn(2, 4, generator=torch.Generator().manual_seed(3), dtype=a.dtype)
     torch.library.opcheck(getattr(_ops, name), (a, b, C[None], 0.1, 50, 1e-6, g0))
+
+
+def test_fused_dual_op_with_warm_start():
+    from pytransfer.ot import block
+
+    a, b, C = random_problem(3, 5, 4)
+    cold = block.sinkhorn_dual(a, b, C[None], 0.1, 1000, 1e-10)
+    g0 = cold[3].clone()
+    g0[2] += 300.0 * 0.1  # out of the scalings' range: that problem starts in the log domain
+    warm = block.sinkhorn_dual(a, b, C[None], 0.1, 1000, 1e-10, g0)
+    assert bool((warm[4] <= 2).all()) and bool((cold[4] > 10).all())
+    torch.testing.assert_close(warm[0], cold[0], rtol=1e-9, atol=0)
+    a.requires_grad_(True)
+    torch.library.opcheck(block.sinkhorn_dual_cpu, (a, b, C[None], 0.1, 100, 1e-8, g0))

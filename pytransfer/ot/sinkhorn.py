@@ -260,11 +260,11 @@ def sinkhorn(
     name, solve = _dispatch.resolve(op, backend, device.type, n=n, m=m)
     converged = None
     warm = () if g_init is None else (g_init,)
-    if (name == "cpu" and method == "scaling" and grad == "dual" and not return_plan and not warm
+    if (name == "cpu" and method == "scaling" and grad == "dual" and not return_plan
             and not block.use_gemm_loop(B, n, m, a.dtype, torch.get_num_threads())):
         # the block kernel: solve, values and dual gradients in one call
         transport, objective, f, g, n_iter, err, converged, _, _ = block.sinkhorn_dual(
-            a, b, cost, eps, max_iter, tol)
+            a, b, cost, eps, max_iter, tol, g_init)
         plan = None
     elif grad == "unrolled":
         if name != "reference":
