@@ -38,6 +38,8 @@ CASES = [
         cost=_poke(C, math.inf, (1, slice(0, 2))),
         b=torch.tensor([[0.5, 0.5, 0.0]] * 2, dtype=torch.float64)),
      ValueError, "cost row 1 of problem 0"),
+    ("+inf column, one problem", _with(a=A[0], b=B_[0], cost=_poke(C, math.inf, (slice(None), 2))),
+     ValueError, "cost column 2 of problem 0"),
     ("init not a pair", _with(init=torch.zeros(4)), TypeError, "init must be a pair"),
     ("init shape", _with(init=(torch.zeros(2, 4, dtype=torch.float64),
                                torch.zeros(2, 4, dtype=torch.float64))), ValueError,

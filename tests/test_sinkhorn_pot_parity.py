@@ -109,6 +109,14 @@ def test_forbidden_pairs_match_pot(backend, method):
     assert torch.isfinite(out.objective).all() and torch.isfinite(out.f).all()
 
 
+def test_forbidden_pairs_single_problem():
+    a, b, C = _forbidden_problem()
+    one = sinkhorn(a[1], b[1], C, 0.1, tol=1e-12, return_plan=True)
+    both = sinkhorn(a, b, C, 0.1, tol=1e-12, return_plan=True)
+    torch.testing.assert_close(one.plan, both.plan[1], rtol=1e-12, atol=0)
+    torch.testing.assert_close(one.transport_cost, both.transport_cost[1], rtol=1e-12, atol=0)
+
+
 def test_block_separable_problem_equals_its_reduced_problems(backend):
     """Rows 0-2 may go only to columns 0-1 and rows 3-4 only to columns 2-4: with equal block
     masses the solution is the two sub-problems' solutions side by side."""

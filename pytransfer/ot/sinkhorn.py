@@ -140,6 +140,7 @@ def _check_cost(a, b, cost) -> float | None:
         raise ValueError("cost contains NaN")
     if bool((c == float("-inf")).any()):
         raise ValueError("cost contains -inf (only +inf, a forbidden pair, is allowed)")
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])  # a single problem: B = 1
     forbidden = torch.isinf(c).expand(a.shape[0], -1, -1)
     for axis, name, other in ((2, "row", b), (1, "column", a)):
         dead = (forbidden | (other <= 0).unsqueeze(3 - axis)).all(axis)
