@@ -158,6 +158,18 @@ def test_forbidden_pairs_gradients_are_finite_and_exact(grad, method):
     assert bool((args[2].grad[torch.isinf(C)] == 0).all())
 
 
+def test_gradcheck_plan_with_forbidden_pairs():
+    a, b, C = _forbidden_problem()
+    args = (torch.zeros_like(a, requires_grad=True), torch.zeros_like(b, requires_grad=True),
+            C.clone().requires_grad_(True))
+
+    def fn(da, db, C):
+        return sinkhorn(a + _zero_sum(da), b + _zero_sum(db), C, 0.2, tol=1e-15,
+                        return_plan=True, backend="cpu").plan
+
+    assert torch.autograd.gradcheck(fn, args, eps=1e-6, atol=1e-7, rtol=1e-4)
+
+
 def test_forbidden_pairs_unrolled_gradient_is_finite():
     a, b, C = _forbidden_problem(shared=False)
     C.requires_grad_(True)
