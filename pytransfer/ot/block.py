@@ -52,11 +52,12 @@ def check(a, b, cost, rtol):
     return ok, span
 
 
-def solve(a, b, cost, eps, max_iter, tol, values=False):
+def solve(a, b, cost, eps, max_iter, tol, values=False, g_init=None):
     """(f, g, n_iter, err, absorbed, converged, transport, objective, f centred, g centred) of
     the C++ kernel for contiguous float32/float64 a (B, n), b (B, m), cost (1, n, m); the
     last four only with ``values`` (else None); ``absorbed`` marks problems that finished in
-    the log domain."""
+    the log domain (or started there: a warm start ``g_init`` (B, m) outside the scalings'
+    range)."""
     B, n = a.shape
     f, g = torch.empty_like(a), torch.empty_like(b)
     n_iter = torch.empty(B, dtype=torch.int64)
@@ -73,33 +74,35 @@ def solve(a, b, cost, eps, max_iter, tol, values=False):
 
     _ext.call(
         "sinkhorn_block", a.dtype, _ext.src(a, B, n), _ext.src(b, B, m), _ext.src(cost, 1, n, m),
-        B, n, m, eps, max_iter, tol, lo, hi, _ext.dst(f, B, n), _ext.dst(g, B, m),
+        B, n, m, eps, max_iter, tol, lo, hi, _ext.src(g_init, B, m), _ext.dst(f, B, n),
+        _ext.dst(g, B, m),
         _ext.dst(n_iter, B, dtype=torch.int64), _ext.dst(err, B),
         _ext.dst(absorbed, B, dtype=torch.bool), _ext.dst(converged, B, dtype=torch.bool),
         opt(transport), opt(objective), opt(fc, n), opt(gc, m))
     return f, g, n_iter, err, absorbed, converged, transport, objective, fc, gc
 
 
-def _dual_forward(a, b, cost, eps, max_iter, tol):
+def _dual_forward(a, b, cost, eps, max_iter, tol, g_init=None):
     a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
     f, g, n_iter, err, _, converged, transport, objective, fc, gc = solve(
-        a, b, cost, eps, max_iter, tol, True)
+        a, b, cost, eps, max_iter, tol, True, g_init)
     return transport, objective, f, g, n_iter, err, converged, fc, gc
 
 
 @torch.library.custom_op("pytransfer::sinkhorn_dual_cpu", mutates_args=())
 def sinkhorn_dual_cpu(
-    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float,
+    g_init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor, torch.Tensor]:
     """(transport_cost, objective, f, g, n_iter, err, converged, f centred, g centred) for a
     shared cost (1, n, m): the whole ``grad="dual"`` forward in one C++ call; differentiable
-    in the values only (JTLN eq. 11; the potentials are constants)."""
-    return _dual_forward(a, b, cost, eps, max_iter, tol)
+    in the values only (JTLN eq. 11; the potentials are constants). ``g_init``: warm start."""
+    return _dual_forward(a, b, cost, eps, max_iter, tol, g_init)
 
 
 @sinkhorn_dual_cpu.register_fake
-def _(a, b, cost, eps, max_iter, tol):
+def _(a, b, cost, eps, max_iter, tol, g_init=None):
     B = a.shape[0]
     return (a.new_empty((B,)), a.new_empty((B,)), torch.empty_like(a), torch.empty_like(b),
             a.new_empty((B,), dtype=torch.int64), a.new_empty((B,)),
@@ -135,7 +138,7 @@ def _backward(ctx, grad_transport, grad_objective, *_):
     if need_C and w_plan is not None:
         plan = plan_from_potentials(a, b, cost, f, g, ctx.eps)
         grad_C = (w_plan[:, :, None] * plan).sum(0, keepdim=True)
-    return grad_a, grad_b, grad_C, None, None, None
+    return grad_a, grad_b, grad_C, None, None, None, None
 
 
 sinkhorn_dual_cpu.register_autograd(_backward, setup_context=_setup_context)
@@ -147,8 +150,8 @@ class _Dual(torch.autograd.Function):
     rest of the op's outputs come back through ``out``."""
 
     @staticmethod
-    def forward(ctx, a, b, cost, eps, max_iter, tol, out):
-        out.extend(_dual_forward(a, b, cost, eps, max_iter, tol))
+    def forward(ctx, a, b, cost, eps, max_iter, tol, g_init, out):
+        out.extend(_dual_forward(a, b, cost, eps, max_iter, tol, g_init))
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(a, b, cost, out[2], out[3], out[7], out[8])
         ctx.eps = eps
@@ -159,13 +162,13 @@ class _Dual(torch.autograd.Function):
         return (*_backward(ctx, grad_transport, grad_objective), None)
 
 
-def sinkhorn_dual(a, b, cost, eps, max_iter, tol):
+def sinkhorn_dual(a, b, cost, eps, max_iter, tol, g_init=None):
     """``sinkhorn_dual_cpu``; eager calls skip the custom-op dispatch (tens of us per call),
     traced ones (torch.compile) use the op."""
     if torch.compiler.is_compiling():
-        return sinkhorn_dual_cpu(a, b, cost, eps, max_iter, tol)
+        return sinkhorn_dual_cpu(a, b, cost, eps, max_iter, tol, g_init)
     if not (a.requires_grad or b.requires_grad or cost.requires_grad):
-        return _dual_forward(a, b, cost, eps, max_iter, tol)
+        return _dual_forward(a, b, cost, eps, max_iter, tol, g_init)
     out = []
-    out[:2] = _Dual.apply(a, b, cost, eps, max_iter, tol, out)
+    out[:2] = _Dual.apply(a, b, cost, eps, max_iter, tol, g_init, out)
     return tuple(out)
