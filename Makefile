@@ -17,21 +17,22 @@ $(STAMP): $(BIN)/python $(SOURCES)
 	PYTRANSFER_REQUIRE_EXT=1 $(BIN)/python -m pip install --quiet -e ".[test,bench]"
 	touch $@
 
-demo: $(STAMP)           ## the main job: JTLN OT loss on sklearn digits (0-4 -> 5-9)
+demo: $(STAMP)           ## the main job: every method on sklearn digits (report in runs/demo)
 	$(BIN)/pytransfer demo
 
-test: $(STAMP)           ## the test suite (Triton kernels under TRITON_INTERPRET=1)
+test: $(STAMP)           ## lint, then the test suite (Triton kernels under TRITON_INTERPRET=1)
+	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
 
-bench: $(STAMP)          ## benchmark report: ratios against anchors, JSON + PNG in bench/results
-	$(BIN)/python -m bench.report
+bench: $(STAMP)          ## benchmark report: ratios against anchors, results.json + PNGs
+	$(BIN)/pytransfer bench --out bench/results
 
 cuda-check:              ## compile csrc/cuda/*.cu to cubin (sm_80, sm_90) where nvcc exists
 	cmake -S . -B build/cuda-check -DPYTRANSFER_CUDA_CHECK=ON -DPYTRANSFER_CUDA_ONLY=ON
 	cmake --build build/cuda-check --target cuda_cubin
 
 lint: $(STAMP)
-	$(BIN)/ruff check pytransfer kernels bench tests
+	$(BIN)/ruff check .
 
 clean:
 	rm -rf build $(VENV) *.egg-info pytransfer/_C*.so

@@ -82,6 +82,7 @@ setup(
         "pytransfer.nn",
         "pytransfer.data",
         "pytransfer.methods",
+        "pytransfer.bench",
         "pytransfer.free_energy",
         "pytransfer.hscore",
         "pytransfer.mmd",

@@ -7,8 +7,8 @@ equals the hand-written one. Ratios are hand-written time / ours, measured in on
 - ``OTLoss(C, eps=0.1, max_iter=100, tol=0)`` vs the 15-line hand-written loop (scaling-form
   Sinkhorn, 100 iterations, the dual gradients of JTLN eq. 11 passed to ``autograd.backward``)
   at B=128 5x5, B=128 78x22, B=512 78x22. Target >= 3x.
-- ``sinkhorn(method="auto")`` vs the plain two-matmul loop (``bench_sinkhorn``'s workload,
-  78x22, eps=0.05) at B = 256, 1024, 4096 (and 65536 in full runs). Target >= 1x.
+- ``sinkhorn(method="auto")`` vs the plain two-matmul loop (``pytransfer.bench.sinkhorn``'s
+  workload, 78x22, eps=0.05) at B = 256, 1024, 4096 (and 65536 in full runs). Target >= 1x.
 - ``MKMMDLoss`` (linear, 19 kernels) vs a hand-written O(n d) torch estimator at n=64 d=256,
   n=128 d=1024, n=256 d=2048. Target >= 2x at n=64 d=256.
 - Whole-call overhead: ``OTLoss`` at B=1, 2x2 and ``MKMMDLoss`` at n=64, d=8 (target: wrapper,
@@ -33,9 +33,10 @@ import time
 import pytest
 import torch
 
-from bench.bench_sinkhorn import _plain_scaling_loop
-from bench.bench_sinkhorn import problem as sinkhorn_problem
 from bench.common import pin_one_thread
+from pytransfer.bench.sinkhorn import EPS, ITERS
+from pytransfer.bench.sinkhorn import plain_scaling_loop as _plain_scaling_loop
+from pytransfer.bench.sinkhorn import problem as sinkhorn_problem
 from pytransfer.mmd import gaussian_kernels
 from pytransfer.nn import HScore, MKMMDLoss, OTLoss
 from pytransfer.ot import sinkhorn
@@ -134,7 +135,7 @@ def ot_breakdown_us(B: int = 1, n: int = 2, m: int = 2, rounds: int = 400) -> di
 
     def kernel():
         _ext._C.sinkhorn_block("float32", a.data_ptr(), pt.data_ptr(), c.data_ptr(), B, n, m,
-                               OT_EPS, OT_ITERS, 0.0, lo, hi, f.data_ptr(), g.data_ptr(),
+                               OT_EPS, OT_ITERS, 0.0, lo, hi, 0, f.data_ptr(), g.data_ptr(),
                                n_iter.data_ptr(), err.data_ptr(), flags[0].data_ptr(),
                                flags[1].data_ptr(), tc.data_ptr(), obj.data_ptr(),
                                fc.data_ptr(), gc.data_ptr(), 1)
@@ -155,9 +156,7 @@ def ot_breakdown_us(B: int = 1, n: int = 2, m: int = 2, rounds: int = 400) -> di
 # ------------------------------------------------------------------ sinkhorn(auto)
 def auto_workload(B: int) -> dict:
     """{"ours", "plain"}: sinkhorn(auto) and the plain two-matmul loop; both return the
-    transport costs (bench_sinkhorn's 78x22, eps=0.05, 100 iterations)."""
-    from bench.bench_sinkhorn import EPS, ITERS
-
+    transport costs (pytransfer.bench.sinkhorn's 78x22, eps=0.05, 100 iterations)."""
     a, b, cost = sinkhorn_problem(B)
     return {"ours": lambda: sinkhorn(a, b, cost, EPS, max_iter=ITERS, tol=0.0).transport_cost,
             "plain": _plain_scaling_loop(a, b, cost)}
@@ -165,8 +164,6 @@ def auto_workload(B: int) -> dict:
 
 def log_kernel_workload(B: int) -> dict:
     """{"ours", "reference"}: the C++ log-domain kernel and the torch reference (issue 3)."""
-    from bench.bench_sinkhorn import EPS, ITERS
-
     a, b, cost = sinkhorn_problem(B)
 
     def run(backend):

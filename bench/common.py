@@ -1,34 +1,23 @@
-"""Shared pieces of the benchmark harness.
+"""Shared pieces of the pytest-benchmark suites (``pytest bench/ --benchmark-enable``).
 
-A bench module (``bench/bench_<op>.py``) exposes ``cases(quick: bool) -> list[Case]``. A case
-holds zero-argument callables, one per implementation, all set up on the same inputs; the
-report times them side by side in one run and prints ``anchor time / subject time`` for each
-anchor, against the target the issue set. The same cases feed the pytest-benchmark suites.
+The workloads live in the installed package (``pytransfer.bench.<op>``, also behind
+``pytransfer bench``); :func:`suite` turns an op's workloads into one benchmark per
+implementation that checks the result it timed against the float64 reference. The size is
+``PYTRANSFER_BENCH_SIZE`` (tiny, quick or full; default quick).
 """
 
 from __future__ import annotations
 
 import gc
+import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+import pytest
 
-@dataclass
-class Case:
-    op: str
-    name: str  # workload, e.g. "B=4096 78x22 eps=0.05 100 it fp32"
-    subject: str  # label of the implementation whose speed is reported
-    candidates: dict[str, Callable[[], object]]  # label -> callable (subject included)
-    targets: dict[str, float] = field(default_factory=dict)  # anchor -> required speed-up
-    # Non-time figures (iteration counts, memory, time fractions):
-    # name -> (value, target, ">=" | "<=")
-    metrics: Callable[[], dict[str, tuple[float, float | None, str]]] | None = None
-    rounds: int = 3
-    # label -> factor: a candidate timed on a subset of the workload (e.g. a slow per-problem
-    # loop) is scaled to the full workload; the factor is shown in its label.
-    scale: dict[str, float] = field(default_factory=dict)
+from pytransfer.bench import load
+from pytransfer.bench.workload import relative_error
 
 
 def time_call(fn: Callable[[], object], rounds: int, warmup: int = 1) -> float:
@@ -48,3 +37,28 @@ def pin_one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+def suite(op: str):
+    """A test timing every implementation of every workload of ``op`` and asserting that
+    its output agrees with the workload's float64 reference within the implementation's
+    tolerance (implementations that compute another quantity are only timed)."""
+    size = os.environ.get("PYTRANSFER_BENCH_SIZE", "quick")
+    module = load(op)
+    if isinstance(module, str):
+        return pytest.mark.skip(reason=module)(lambda: None)
+    workloads = module.workloads(size)
+    params = [pytest.param(w, label, id=f"{w.name}|{label}")
+              for w in workloads for label in w.runnable()]
+    refs: dict[int, object] = {}
+
+    @pytest.mark.parametrize(("workload", "label"), params)
+    def test(benchmark, workload, label):
+        impl = workload.runnable()[label]
+        out = benchmark.pedantic(impl.fn, rounds=workload.rounds, warmup_rounds=1)
+        if workload.reference is None or not impl.compare or out is None:
+            return
+        if id(workload) not in refs:
+            refs[id(workload)] = workload.reference()
+        assert relative_error(out, refs[id(workload)], impl.take) <= impl.tol
+    return test

@@ -1,5 +1,5 @@
 """pytest-benchmark suites (``pytest bench/bench_<op>.py --benchmark-enable``): CPU kernels
-are compared with one thread, as in the report CLI."""
+are compared with one thread, as in ``pytransfer bench``."""
 
 import pytest
 

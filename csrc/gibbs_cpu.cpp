@@ -1,4 +1,4 @@
-// Gibbs-expectation kernels on the CPU (DESIGN.md section 7): OpenMP over data rows x.
+// Gibbs-expectation kernels on the CPU: OpenMP over data rows x.
 //
 //   gibbs_weights:  log w_s = l_s - LSE_s(l),  l_s = -H_s - log e_s       (X, S)
 //   backward:       g_l = w_s sum_r g_r - g_s is d/dH (and d/d log e) of <g, log w>

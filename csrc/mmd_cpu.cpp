@@ -1,4 +1,4 @@
-// MK-MMD on the CPU (DESIGN.md section 5): the fused linear-time quad-tuple estimator
+// MK-MMD on the CPU: the fused linear-time quad-tuple estimator
 // (OpenMP over tuples, SIMD over d) and the element-wise part of a quadratic-estimator tile
 // (OpenMP over rows, SIMD over columns; the Gram block comes from a BLAS GEMM in Python).
 // One exp per run of power-of-two bandwidths, the rest by squaring (see mmd_cpu.h).

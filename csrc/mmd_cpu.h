@@ -1,4 +1,4 @@
-// MK-MMD CPU kernels (DESIGN.md section 5). Raw pointers to contiguous row-major buffers.
+// MK-MMD CPU kernels. Raw pointers to contiguous row-major buffers.
 //
 // Kernels k_u(a, b) = exp(-gam[u] ||a - b||^2), combined with weights w[u]. Kernels are
 // evaluated in the order given; where sq[u] != 0, gam[u] == 2 gam[u-1] and k_u is the square

@@ -9,6 +9,8 @@
 // with the next problem of the thread's range, so no lane idles while work is left.
 // Absorption: a scaling outside [lo, hi] hands the problem to the log-domain kernel,
 // warm-started from its last in-range v (as pytransfer.ot.scaling does).
+// Warm start: g_init gives v = exp(g/eps); a problem whose v leaves [lo, hi] starts in the log
+// domain from g_init itself.
 // Values: <P, C> and the objective from the final potentials, with P factorised by shifted
 // scalings (as values_factorized in pytransfer/ot/reference.py), O(n m) per problem.
 #include <algorithm>
@@ -156,6 +158,7 @@ struct Problem {  // the shared inputs of one solve
   T eps, cmin;
   int64_t max_iter;
   T tol, lo, hi;
+  const T* g_init;  // (B, m) warm start, or nullptr
   T *f, *g;
   int64_t* n_iter;
   T* err;
@@ -173,21 +176,39 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
   int64_t id[W], it[W];
   T thr[W];
   int64_t next = p0;
+  auto log_solve = [&](int64_t p, int64_t done, const T* g0) {  // the log domain from g0
+    int64_t more = 0;
+    sinkhorn_log_cpu<T>(P.a + p * n, P.b + p * m, P.cost, 1, n, m, true, P.eps,
+                        std::max<int64_t>(P.max_iter - done, 1), P.tol, g0, P.f + p * n,
+                        P.g + p * m, &more, P.err + p, 1);
+    P.n_iter[p] = done + more;
+    P.absorbed[p] = 1;
+  };
   auto load = [&](int l) {  // the next problem into lane l (or an empty lane: all zero)
-    const int64_t p = next < p1 ? next++ : -1;
-    id[l] = p;
-    it[l] = 0;
-    T mass = 0;
-    for (int64_t i = 0; i < n; ++i) {
-      A[i][l] = p >= 0 ? P.a[p * n + i] : T(0);
-      u[i][l] = 0;
-      mass += A[i][l];
+    for (;;) {
+      const int64_t p = next < p1 ? next++ : -1;
+      id[l] = p;
+      it[l] = 0;
+      T mass = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        A[i][l] = p >= 0 ? P.a[p * n + i] : T(0);
+        u[i][l] = 0;
+        mass += A[i][l];
+      }
+      bool in_range = true;
+      for (int64_t j = 0; j < m; ++j) {
+        Bw[j][l] = p >= 0 ? P.b[p * m + j] : T(0);
+        T x = T(1);
+        if (p >= 0 && P.g_init != nullptr) {
+          x = std::exp(P.g_init[p * m + j] / P.eps);
+          in_range &= !(Bw[j][l] > 0) || (x >= P.lo && x <= P.hi);
+        }
+        v[j][l] = Bw[j][l] > 0 ? x : T(0);
+      }
+      thr[l] = P.tol * mass;
+      if (in_range) return;
+      log_solve(p, 0, P.g_init + p * m);  // warm start out of the scalings' range
     }
-    for (int64_t j = 0; j < m; ++j) {
-      Bw[j][l] = p >= 0 ? P.b[p * m + j] : T(0);
-      v[j][l] = Bw[j][l] > 0 ? T(1) : T(0);
-    }
-    thr[l] = P.tol * mass;
   };
   auto finish = [&](int l, T e) {
     const int64_t p = id[l];
@@ -205,12 +226,7 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
     const int64_t p = id[l];
     for (int64_t j = 0; j < m; ++j)
       g_init[j] = Bw[j][l] > 0 ? P.eps * std::log(v[j][l]) : T(0);
-    int64_t more = 0;
-    sinkhorn_log_cpu<T>(P.a + p * n, P.b + p * m, P.cost, 1, n, m, true, P.eps,
-                        std::max<int64_t>(P.max_iter - it[l], 1), P.tol, g_init.data(),
-                        P.f + p * n, P.g + p * m, &more, P.err + p, 1);
-    P.n_iter[p] = it[l] + more;
-    P.absorbed[p] = 1;
+    log_solve(p, it[l], g_init.data());
     id[l] = -1;
   };
   for (int l = 0; l < W; ++l) load(l);
@@ -255,8 +271,8 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
 
 template <typename T>
 void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
-                        T eps, int64_t max_iter, T tol, T lo, T hi, T* f, T* g, int64_t* n_iter,
-                        T* err, uint8_t* absorbed, uint8_t* converged, T* transport, T* objective,
+                        T eps, int64_t max_iter, T tol, T lo, T hi, const T* g_init, T* f, T* g,
+                        int64_t* n_iter, T* err, uint8_t* absorbed, uint8_t* converged, T* transport, T* objective,
                         T* fc, T* gc, int threads) {
   T cmin = cost[0];
   for (int64_t k = 0; k < n * m; ++k) cmin = std::min(cmin, cost[k]);
@@ -266,10 +282,10 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
       const T e = std::exp(-(cost[i * m + j] - cmin) / eps);
       E[i * m + j] = e;
       ET[j * n + i] = e;
-      EC[i * m + j] = e * cost[i * m + j];
+      EC[i * m + j] = e > 0 ? e * cost[i * m + j] : T(0);  // 0 * inf = 0: forbidden pairs
     }
   const Problem<T> P{a, b, cost, E.data(), ET.data(), n, m, eps, cmin, max_iter, tol, lo, hi,
-                     f, g, n_iter, err, absorbed};
+                     g_init, f, g, n_iter, err, absorbed};
   constexpr int64_t W = Lanes<T>::W;
   // Contiguous ranges of whole blocks, about two per thread.
   const int64_t blocks = (B + W - 1) / W;
@@ -333,12 +349,13 @@ bool sinkhorn_check(const T* a, const T* b, const T* cost, int64_t B, int64_t n,
 
 template void sinkhorn_block_cpu<float>(const float*, const float*, const float*, int64_t,
                                         int64_t, int64_t, float, int64_t, float, float, float,
-                                        float*, float*, int64_t*, float*, uint8_t*, uint8_t*,
-                                        float*, float*, float*, float*, int);
+                                        const float*, float*, float*, int64_t*, float*, uint8_t*,
+                                        uint8_t*, float*, float*, float*, float*, int);
 template void sinkhorn_block_cpu<double>(const double*, const double*, const double*, int64_t,
                                          int64_t, int64_t, double, int64_t, double, double,
-                                         double, double*, double*, int64_t*, double*, uint8_t*,
-                                         uint8_t*, double*, double*, double*, double*, int);
+                                         double, const double*, double*, double*, int64_t*,
+                                         double*, uint8_t*, uint8_t*, double*, double*, double*,
+                                         double*, int);
 
 }  // namespace pytransfer
 
@@ -354,7 +371,7 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
       "sinkhorn_block",
       [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t cost,
          int64_t B, int64_t n, int64_t m_, double eps, int64_t max_iter, double tol, double lo,
-         double hi, std::uintptr_t f, std::uintptr_t g, std::uintptr_t n_iter, std::uintptr_t err,
+         double hi, std::uintptr_t g_init, std::uintptr_t f, std::uintptr_t g, std::uintptr_t n_iter, std::uintptr_t err,
          std::uintptr_t absorbed, std::uintptr_t converged, std::uintptr_t transport,
          std::uintptr_t objective, std::uintptr_t fc, std::uintptr_t gc, int threads) {
         if (dtype != "float32" && dtype != "float64")
@@ -364,13 +381,13 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
           pytransfer::sinkhorn_block_cpu<float>(
               ptr<const float>(a), ptr<const float>(b), ptr<const float>(cost), B, n, m_,
               static_cast<float>(eps), max_iter, static_cast<float>(tol), static_cast<float>(lo),
-              static_cast<float>(hi), ptr<float>(f), ptr<float>(g), ptr<int64_t>(n_iter),
+              static_cast<float>(hi), ptr<const float>(g_init), ptr<float>(f), ptr<float>(g), ptr<int64_t>(n_iter),
               ptr<float>(err), ptr<uint8_t>(absorbed), ptr<uint8_t>(converged),
               ptr<float>(transport), ptr<float>(objective), ptr<float>(fc), ptr<float>(gc), threads);
         else
           pytransfer::sinkhorn_block_cpu<double>(
               ptr<const double>(a), ptr<const double>(b), ptr<const double>(cost), B, n, m_, eps,
-              max_iter, tol, lo, hi, ptr<double>(f), ptr<double>(g), ptr<int64_t>(n_iter),
+              max_iter, tol, lo, hi, ptr<const double>(g_init), ptr<double>(f), ptr<double>(g), ptr<int64_t>(n_iter),
               ptr<double>(err), ptr<uint8_t>(absorbed), ptr<uint8_t>(converged),
               ptr<double>(transport), ptr<double>(objective), ptr<double>(fc), ptr<double>(gc), threads);
       },

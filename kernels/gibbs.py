@@ -1,4 +1,4 @@
-"""Gibbs-expectation kernels in Triton (DESIGN.md section 7): one program per datum x, its S
+"""Gibbs-expectation kernels in Triton: one program per datum x, its S
 samples (and K fields) padded to powers of two in registers.
 
 Same results as ``pytransfer.free_energy.reference``: ``gibbs_weights`` (log-softmax over S

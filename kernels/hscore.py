@@ -1,4 +1,4 @@
-"""H-score kernels in Triton (DESIGN.md section 6).
+"""H-score kernels in Triton.
 
 ``hscore_stats_triton``: one launch computes, for T feature sets, the Gram matrix of the
 augmented rows [z | 1 | ||z||^2 | onehot(y)] against z (z = f - shift), restricted to the

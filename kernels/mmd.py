@@ -1,4 +1,4 @@
-"""MK-MMD in Triton (DESIGN.md section 5), same results as ``pytransfer.mmd.reference``.
+"""MK-MMD in Triton, same results as ``pytransfer.mmd.reference``.
 
 Linear estimator: one program per block of quad-tuples; the four squared distances are
 accumulated over d in chunks, then all U kernels follow from them (one exp per run of

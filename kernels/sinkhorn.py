@@ -1,5 +1,5 @@
 """Batched log-domain Sinkhorn in Triton: one program per problem, the whole (n, m) problem in
-registers (padded to powers of two), per-problem early exit (DESIGN.md section 3).
+registers (padded to powers of two), per-problem early exit.
 
 Same iteration, stopping rule and outputs as ``pytransfer.ot.reference.sinkhorn_log_reference``.
 Inputs of any float dtype are upcast on load; accumulation is float32 (float64 for float64

@@ -16,9 +16,10 @@ import triton.language as tl
 
 @triton.jit
 def _sinkhorn_scaling_kernel(
-    a_ptr, b_ptr, k_ptr, f_ptr, g_ptr, it_ptr, err_ptr, bad_ptr,
+    a_ptr, b_ptr, k_ptr, v0_ptr, f_ptr, g_ptr, it_ptr, err_ptr, bad_ptr,
     B, n, m, cmin, eps, max_iter, tol, lo, hi,
     BLOCK_B: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, ACC: tl.constexpr,
+    WARM: tl.constexpr,
 ):
     probs = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)  # int64 offsets
     rows = tl.arange(0, BLOCK_N)
@@ -38,7 +39,10 @@ def _sinkhorn_scaling_kernel(
     # A problem whose new u or v leaves [lo, hi] stops before that update (flagged ``bad``): it
     # keeps its last in-range v and the count of completed iterations, and the host continues
     # it in the log domain from g = eps log v (absorption, as on the CPU).
-    V = tl.where(b_ok, 1.0, 0.0).to(ACC)
+    if WARM:  # warm start: initial scalings v0 = exp(g/eps), in range (checked by the host)
+        V = tl.load(v0_ptr + probs[:, None] * m + cols[None, :], mask=bm, other=0.0).to(ACC)
+    else:
+        V = tl.where(b_ok, 1.0, 0.0).to(ACC)
     U = tl.zeros([BLOCK_B, BLOCK_N], dtype=ACC)
     KV = tl.dot(V, Kt, input_precision="ieee")
     KtU = tl.zeros([BLOCK_B, BLOCK_M], dtype=ACC)
@@ -86,9 +90,10 @@ def launch_shape(B: int, n: int, m: int, block_b: int = 16) -> tuple[int, int, i
 
 def sinkhorn_scaling_triton(
     a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float,
-    lo: float, hi: float, block_b: int = 16,
+    lo: float, hi: float, block_b: int = 16, v0: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, ...]:
-    """(f, g, n_iter, err, bad) for a (B, n), b (B, m) and a shared cost (1, n, m)."""
+    """(f, g, n_iter, err, bad) for a (B, n), b (B, m) and a shared cost (1, n, m); ``v0``
+    (B, m): initial scalings (warm start), else 1 on b's support."""
     B, n = a.shape
     m = b.shape[1]
     out = torch.float64 if a.dtype == torch.float64 else torch.float32
@@ -102,9 +107,9 @@ def sinkhorn_scaling_triton(
     bad = torch.empty(B, dtype=torch.bool, device=a.device)
     grid, block_b, block_n, block_m = launch_shape(B, n, m, block_b)
     _sinkhorn_scaling_kernel[(grid,)](
-        a, b, K, f, g, n_iter, err, bad,
+        a, b, K, a if v0 is None else v0.contiguous(), f, g, n_iter, err, bad,
         B, n, m, float(cmin), float(eps), int(max_iter), float(tol), lo, hi,
         BLOCK_B=block_b, BLOCK_N=block_n, BLOCK_M=block_m,
-        ACC=tl.float64 if out == torch.float64 else tl.float32,
+        ACC=tl.float64 if out == torch.float64 else tl.float32, WARM=v0 is not None,
     )
     return f, g, n_iter, err, bad

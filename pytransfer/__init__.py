@@ -1,6 +1,6 @@
 """pytransfer: fast, exact kernels for information-theoretic transfer learning in PyTorch."""
 
-from pytransfer import free_energy, hscore, mmd, nn, ot
+from pytransfer import free_energy, hscore, lautum, mmd, nn, ot
 from pytransfer._dispatch import BACKENDS, BackendUnavailableError, backends
 
 __version__ = "0.1.0"
@@ -11,6 +11,7 @@ __all__ = [
            "backends",
            "free_energy",
            "hscore",
+           "lautum",
            "mmd",
            "nn",
            "ot",

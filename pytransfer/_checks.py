@@ -131,7 +131,10 @@ def entropic_scale(eps: float, cost: torch.Tensor, check_inputs: bool) -> None:
     if eps < info.tiny:
         raise ValueError(f"eps={eps:g} is below the smallest normal {work} ({info.tiny:.3g})")
     if check_inputs and cost.numel():
-        span = float(cost.detach().abs().max()) / eps
+        big = cost.detach().abs().max()
+        if bool(torch.isinf(big)):  # +inf entries are forbidden pairs: the finite ones count
+            big = cost.detach().abs().nan_to_num(posinf=0.0).max()
+        span = float(big) / eps
         if span > info.max / 16:
             raise ValueError(f"eps={eps:g} is too small for this cost in {work}: max|C|/eps = "
                              f"{span:.3g} overflows (at most {info.max / 16:.3g}); rescale the "

@@ -15,7 +15,7 @@ from pytransfer.mmd import _ops as mmd_ops
 from pytransfer.mmd.reference import mmd_linear_reference, mmd_quadratic_reference
 from pytransfer.mmd.spec import centered_sq
 from pytransfer.ot import _ops as ot_ops
-from pytransfer.ot import block, scaling
+from pytransfer.ot import block, points, scaling
 from pytransfer.ot.reference import sinkhorn_log_reference
 
 pytestmark = pytest.mark.skipif(_ext.unavailable() is not None, reason="no compiled extension")
@@ -129,6 +129,33 @@ def _sinkhorn_check():
     return torch.tensor(got[1]), torch.tensor(want[1])
 
 
+def _clouds():
+    g = _gen(4)
+    x = torch.randn(2, 5, 3, dtype=torch.float64, generator=g)
+    y = torch.randn(2, 4, 3, dtype=torch.float64, generator=g)
+    a, b, _ = _problem()
+    return x, y, a[:2], b[:2]
+
+
+def _points_solve():
+    x, y, a, b = _clouds()
+    sched = torch.tensor([2.0, 0.5], dtype=torch.float64)
+    want = points.sinkhorn_points_cpu(x, y, a, b, sched, 2, 50, 1e-12, False, False)
+    got = points.sinkhorn_points_cpu(_strided(x), _strided(y), _strided(a), _strided(b),
+                                     _strided(sched), 2, 50, 1e-12, False, False)
+    return got, want
+
+
+def _points_values():
+    x, y, a, b = _clouds()
+    f = torch.randn(2, 5, dtype=torch.float64, generator=_gen(5)) * 0.1
+    g = torch.randn(2, 4, dtype=torch.float64, generator=_gen(6)) * 0.1
+    want = points.sinkhorn_points_rows(x, y, a, b, f, g, 0.5, 2, "reference", True)
+    got = points.sinkhorn_points_rows(*(_strided(t) for t in (x, y, a, b, f, g)), 0.5, 2,
+                                      "cpu", True)
+    return got, want
+
+
 def _scaling_div():
     g = _gen(3)
     w, den, x_old = (torch.rand(3, 5, dtype=torch.float64, generator=g) + 0.5 for _ in range(3))
@@ -213,7 +240,8 @@ def _gibbs_moments_bwd():
 
 BINDINGS = {
     "sinkhorn_log": _sinkhorn_log, "sinkhorn_block": _sinkhorn_scaling,
-    "sinkhorn_check": _sinkhorn_check,
+    "sinkhorn_check": _sinkhorn_check, "points_solve": _points_solve,
+    "points_values": _points_values,
     "scaling_div": _scaling_div, "mmd_linear_fwd": _mmd_linear_fwd,
     "mmd_linear_bwd": _mmd_linear_bwd, "mmd_tile": _mmd_tile, "mmd_moments": _mmd_moments,
     "gibbs_weights_fwd": _gibbs_weights_fwd, "gibbs_weights_bwd": _gibbs_weights_bwd,

@@ -12,6 +12,7 @@ from pytransfer.methods.free_energy import (
     mixture_batch,
     ot_batch,
     ot_coupling,
+    ot_coupling_points,
     sample_pairs,
     transfer,
     transfer_rates,
@@ -38,6 +39,30 @@ def test_ot_coupling_marginals_and_cost():
     cost = torch.cdist(xs, xt).pow(2)
     independent = torch.full((7, 5), 1 / 35, dtype=DT)
     assert float((plan * cost).sum()) < 0.8 * float((independent * cost).sum())
+
+
+def test_point_cloud_coupling_is_the_dense_plan():
+    """The potentials of ot_coupling_points give ot_coupling's plan (same cost scaling), and
+    ot_batch draws from them: pair frequencies against the dense plan (chi-square)."""
+    from pytransfer.ot import points_reference as ref
+
+    (xs, ys), (xt, yt) = _clouds()
+    dense = ot_coupling(xs, xt, eps=0.2)
+    res = ot_coupling_points(xs, xt, eps=0.2)
+    cost = ref.point_cost(xs[None], xt[None], 2)
+    plan = ref.plan(cost, res.a[None], res.b[None], res.f[None], res.g[None],
+                    float(res.eps_schedule[-1]))[0]
+    torch.testing.assert_close(plan, dense, rtol=0, atol=1e-6)
+    n = 20000
+    path = ot_batch((xs, ys), (xt, yt), n, torch.Generator().manual_seed(5), plan=res, classes=3)
+    i = torch.cdist(path.x0, xs).argmin(1)
+    j = torch.cdist(path.x1, xt).argmin(1)
+    counts = torch.bincount(i * 5 + j, minlength=35).double()
+    expected = n * dense.flatten()
+    keep = expected >= 5
+    chi2 = float(((counts[keep] - expected[keep]) ** 2 / expected[keep]).sum())
+    df = int(keep.sum()) - 1
+    assert chi2 < df + 4 * (2 * df) ** 0.5, (chi2, df)
 
 
 def test_sampled_pairs_follow_the_plan():

@@ -11,6 +11,7 @@ import torch
 from test_hscore import np_h_score, problem
 from typer.testing import CliRunner
 
+from pytransfer.cli import app
 from pytransfer.hscore import (
     cluster_tasks,
     h_score,
@@ -22,7 +23,6 @@ from pytransfer.hscore import (
     transferability_matrix,
 )
 from pytransfer.hscore.ace import dtm
-from pytransfer.cli import app
 from pytransfer.hscore.reference import pixelwise_h_score_reference
 from pytransfer.nn.hscore_loss import HScore, soft_hgr
 
@@ -179,8 +179,8 @@ def test_cli_rank_and_cluster(tmp_path, monkeypatch):
                               "--targets", str(tmp_path / "y2.npy"), "--dendrogram", str(png)])
     assert res.exit_code == 0, res.output
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    res = runner.invoke(app, ["hscore", "rank", "--features", str(tmp_path / "good.npy"), "--labels",
-                              str(tmp_path / "y.npy"), "--shrinkage", "lots"])
+    res = runner.invoke(app, ["hscore", "rank", "--features", str(tmp_path / "good.npy"),
+                              "--labels", str(tmp_path / "y.npy"), "--shrinkage", "lots"])
     assert res.exit_code != 0 and "shrinkage" in res.output
 
 

@@ -1,4 +1,4 @@
-"""Free-energy representation learning (DESIGN.md section 7): Gibbs kernels, the exact
+"""Free-energy representation learning: Gibbs kernels, the exact
 Hessian operator of Lemma 5 and the paper's small models."""
 
 from pytransfer.free_energy.gibbs import gibbs_moments, gibbs_weights

@@ -1,5 +1,5 @@
 """``gibbs_weights`` and ``gibbs_moments``: the fused per-datum kernels behind every Gibbs
-expectation of Lemma 5 and eq. 21 (DESIGN.md section 7), with backend dispatch."""
+expectation of Lemma 5 and eq. 21, with backend dispatch."""
 
 from __future__ import annotations
 

@@ -320,10 +320,12 @@ class GibbsOperator:
 
     # -- linear solves --------------------------------------------------------------------
     def solve(self, b: torch.Tensor, method: str = "minres", damping: float = 0.0,
-              maxiter: int = 100, rtol: float = 1e-6) -> tuple[torch.Tensor, SolveInfo]:
+              maxiter: int = 100, rtol: float = 1e-6,
+              warn: bool = True) -> tuple[torch.Tensor, SolveInfo]:
         """x ~ (A + damping I)^-1 b by MINRES (default; A is indefinite away from equilibrium)
         or conjugate gradients, each step one :meth:`hvp`; stops at ||r|| <= rtol ||b||.
-        An unconverged solve warns (RuntimeWarning) and says so in the returned info."""
+        An unconverged solve says so in the returned info and, unless ``warn=False`` (a caller
+        that records info itself, e.g. the processes' truncated solves), warns."""
         _checks.finite("b", self._check_vector("b", b))
         _checks.choice("method", method, METHODS)
         damping = _checks.nonneg_float("damping", damping)
@@ -335,7 +337,7 @@ class GibbsOperator:
 
         fn = minres if method == "minres" else conjugate_gradient
         x, info = fn(op, b, maxiter=maxiter, rtol=rtol)
-        if not info.converged:
+        if warn and not info.converged:
             rel = info.residual_norms[-1] / info.residual_norms[0]
             warnings.warn(f"GibbsOperator.solve: {method} stopped unconverged after {maxiter} "
                           f"iterations (relative residual {rel:.2e} > rtol={rtol:g}); the "

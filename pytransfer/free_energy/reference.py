@@ -1,4 +1,4 @@
-"""Plain-torch specification of the two fused Gibbs kernels (DESIGN.md section 7).
+"""Plain-torch specification of the two fused Gibbs kernels.
 
 Per datum x (a row), S samples z_s ~ e(z|x) carry the Hamiltonian H_s (eq. 11) and the
 proposal log-density log e_s. The self-normalised importance weights of the Gibbs measure

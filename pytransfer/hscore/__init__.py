@@ -2,7 +2,7 @@
 
 Streaming, mergeable statistics and batched scoring (Definition 2), pixel-wise scores for
 dense tasks (section 5.2), transferability and source selection (Definitions 3-4), the
-optimal H-score by ACE (Appendix B) and task clustering (section 5.2). DESIGN.md section 6.
+optimal H-score by ACE (Appendix B) and task clustering (section 5.2).
 """
 
 from pytransfer.hscore.ace import optimal_h_score

@@ -1,4 +1,4 @@
-"""Pixel-wise H-scores for dense tasks (paper section 5.2; DESIGN.md section 6).
+"""Pixel-wise H-scores for dense tasks (paper section 5.2).
 
 Features f (N, d) are shared by all pixels; label maps (N, P) give each pixel's class.
 Whiten once, g = L^{-1} (f - mean) with cov(f) = L L^T, so cov(g) = I and for every pixel

@@ -1,4 +1,4 @@
-"""Streaming, mergeable H-score statistics (DESIGN.md section 6; Definition 2 of the paper).
+"""Streaming, mergeable H-score statistics (Definition 2 of the paper).
 
 The statistics of features f are kept about a fixed shift (the mean of the first batch),
 z = f - shift, in float64: n, sum z, sum z z^T, per-class counts and sums, and for the

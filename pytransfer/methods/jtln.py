@@ -14,7 +14,7 @@ hidden layer of a small MLP pre-trained on the source labels (the paper uses Ale
 - ``cost="mmd"``: the MK-MMD between every source and target class cloud (eq. 12-14), with
   uniform or test-power-optimised kernel weights (``kernel_weights``);
 - ``cost="ot"``: the entropic OT distance <gamma_0, C> between the class clouds under the
-  squared Euclidean ground cost (eq. 15-16), see :func:`class_pair_ot`.
+  squared Euclidean ground cost (eq. 15-16), see :func:`ot_class_cost`.
 
 Only the labelled target classes enter C. It is normalised (``normalise``): ``"range"``
 (C - min C) / (max C - min C) (default), ``"max"`` C / max |C|, or None (raw); the OT loss's
@@ -46,7 +46,7 @@ from pytransfer.data.tasks import TransferTask
 from pytransfer.methods._trainer import Progress, StepContext, Trainer, TrainResult
 from pytransfer.mmd import class_pair_mmd, optimize_kernel_weights
 from pytransfer.nn import OTLoss
-from pytransfer.ot import sinkhorn
+from pytransfer.ot import class_pair_ot
 
 METHODS = ("target-only", "consecutive", "joint", "jtln")
 COSTS = ("mmd", "ot")
@@ -142,55 +142,17 @@ def pretrain_source_features(xs: torch.Tensor, ys: torch.Tensor, steps: int, *, 
     return features
 
 
-def _padded_clouds(f: torch.Tensor, y: torch.Tensor, L: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L, n_max, d) class clouds padded with zeros and their (L, n_max) uniform weights
-    (zero mass on the padding)."""
-    counts = torch.bincount(y, minlength=L)
-    n = int(counts.max())
-    clouds = f.new_zeros(L, n, f.shape[1])
-    w = f.new_zeros(L, n)
-    for c in range(L):
-        pts = f[y == c]
-        clouds[c, :len(pts)] = pts
-        w[c, :len(pts)] = 1.0 / len(pts)
-    return clouds, w
-
-
-def class_pair_ot(fs: torch.Tensor, ys: torch.Tensor, ft: torch.Tensor, yt: torch.Tensor, *,
-                  eps: float, p: int = 2, debias: bool = False) -> torch.Tensor:
-    """(Ls, Lt) OT distances between every source and target class cloud (eq. 15-16): uniform
-    weights on each cloud, ground cost ||x_s - x_t||^p, entropic plan gamma_0, value
-    <gamma_0, C> (``debias=False``, the paper's d) or the Sinkhorn divergence
-    OT_eps(a, b) - (OT_eps(a, a) + OT_eps(b, b)) / 2 of the entropic objectives
-    (``debias=True``). One batched dense Sinkhorn over the padded clouds."""
-    if p != 2:
-        raise ValueError(f"p must be 2 (squared Euclidean ground cost), got {p}")
-    if len(ys) == 0 or len(yt) == 0:
-        raise ValueError("class_pair_ot needs non-empty source and target clouds")
-    Ls, Lt = int(ys.max()) + 1, int(yt.max()) + 1
-    for name, y, L in (("ys", ys, Ls), ("yt", yt, Lt)):
-        empty = torch.nonzero(torch.bincount(y, minlength=L) == 0).flatten().tolist()
-        if empty:
-            raise ValueError(f"{name}: classes {empty} have no samples")
-    cs, ws = _padded_clouds(fs.double(), ys, Ls)
-    ct, wt = _padded_clouds(ft.double(), yt, Lt)
-
-    def ot(ca, wa, cb, wb):  # all pairs (i, j) of clouds a_i, b_j -> (La, Lb)
-        La, Lb = len(ca), len(cb)
-        C = torch.cdist(ca[:, None], cb[None, :]).pow(2)  # (La, Lb, na, nb)
-        a = wa[:, None].expand(La, Lb, -1).reshape(La * Lb, -1)
-        b = wb[None, :].expand(La, Lb, -1).reshape(La * Lb, -1)
-        res = sinkhorn(a, b, C.reshape(La * Lb, *C.shape[2:]), eps, max_iter=2000, tol=1e-6)
-        return (res.objective if debias else res.transport_cost).reshape(La, Lb)
-
-    d = ot(cs, ws, ct, wt)
-    if debias:
-        ss = torch.stack([ot(cs[i:i + 1], ws[i:i + 1], cs[i:i + 1], ws[i:i + 1])[0, 0]
-                          for i in range(Ls)])
-        tt = torch.stack([ot(ct[j:j + 1], wt[j:j + 1], ct[j:j + 1], wt[j:j + 1])[0, 0]
-                          for j in range(Lt)])
-        d = d - (ss[:, None] + tt[None, :]) / 2
-    return d.to(fs.dtype)
+def ot_class_cost(fs: torch.Tensor, ys: torch.Tensor, ft: torch.Tensor, yt: torch.Tensor, *,
+                  eps: float, num_source: int | None = None,
+                  num_target: int | None = None) -> torch.Tensor:
+    """(Ls, Lt) OT distances d = <gamma_0, C> between every source and target class cloud
+    (eq. 15-16): uniform weights, ground cost ||x_s - x_t||^2, gamma_0 the entropic plan at
+    ``eps``. One batched point-cloud Sinkhorn (:func:`pytransfer.ot.class_pair_ot`, whose
+    ground cost is ||x - y||^2 / 2: the same plan at eps / 2, the value doubled)."""
+    half = class_pair_ot(fs.double(), ys, ft.double(), yt, eps=eps / 2, debias=False,
+                         value="transport_cost", num_source_classes=num_source,
+                         num_target_classes=num_target, max_iter=20000, tol=1e-9)
+    return (2 * half).to(fs.dtype)
 
 
 def normalise_cost(cost: torch.Tensor, how: str | None) -> torch.Tensor:
@@ -232,8 +194,8 @@ def class_cost(task: TransferTask, cfg: JTLNConfig,
                               num_target_classes=task.num_target)
     else:
         scale = float(torch.cdist(fs, ft).pow(2).mean())
-        cost = class_pair_ot(fs, task.ys, ft, task.yt, eps=cfg.cost_eps * scale, p=2,
-                             debias=False)  # the paper's <gamma_0, C>
+        cost = ot_class_cost(fs, task.ys, ft, task.yt, eps=cfg.cost_eps * scale,
+                             num_source=task.num_source, num_target=task.num_target)
     return normalise_cost(cost, cfg.normalise).to(task.xs.dtype)
 
 

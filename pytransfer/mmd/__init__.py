@@ -1,4 +1,4 @@
-"""``pytransfer.mmd``: multi-kernel maximum mean discrepancy (DESIGN.md section 5).
+"""``pytransfer.mmd``: multi-kernel maximum mean discrepancy.
 
 The fused linear-time quad-tuple estimator and the tiled quadratic U-statistic (JTLN eq.
 12-14, Gretton et al. 2012), Gaussian kernel families with a moment-based bandwidth, test-power

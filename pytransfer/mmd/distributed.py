@@ -1,4 +1,4 @@
-"""MK-MMD on the global batch under torch.distributed (DESIGN.md section 5).
+"""MK-MMD on the global batch under torch.distributed.
 
 Every rank holds its shard of xs and xt; the global batch is their concatenation in rank
 order. Bandwidth moments, the linear estimator's sums and the kernel-weight statistics are

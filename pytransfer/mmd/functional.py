@@ -1,5 +1,5 @@
-"""``pytransfer.mmd.mk_mmd``: multi-kernel MMD between two feature batches (DESIGN.md section 5;
-JTLN eq. 12-14; Gretton et al. 2012; DAN, Long et al. 2015)."""
+"""``pytransfer.mmd.mk_mmd``: multi-kernel MMD between two feature batches
+(JTLN eq. 12-14; Gretton et al. 2012; DAN, Long et al. 2015)."""
 
 from __future__ import annotations
 

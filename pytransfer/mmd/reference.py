@@ -1,4 +1,4 @@
-"""Plain-PyTorch MK-MMD: the specification in code (DESIGN.md section 5).
+"""Plain-PyTorch MK-MMD: the specification in code.
 
 Kernels k_u(a, b) = exp(-gamma_u ||a - b||^2) with gamma_u = 1 / (2 sigma_u^2), combined as
 k = sum_u beta_u k_u (JTLN eq. 13; Gretton et al. 2012). Differentiable, readable, and

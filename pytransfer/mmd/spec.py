@@ -1,4 +1,4 @@
-"""Gaussian kernel families for MK-MMD and their bandwidth (DESIGN.md section 5).
+"""Gaussian kernel families for MK-MMD and their bandwidth.
 
 sigma_u^2 = multiplier_u * base, k_u(a, b) = exp(-||a - b||^2 / (2 sigma_u^2)) (JTLN eq. 13,
 DAN section 3). ``base="mean"`` is the mean pairwise squared distance of the pooled batch,

@@ -103,17 +103,19 @@ _dispatch.register_backends(
 
 @torch.library.custom_op("pytransfer::sinkhorn_scaling_cpu", mutates_args=())
 def sinkhorn_scaling_cpu(
-    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float,
+    g_init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scaling form, shared cost (1, n, m): the C++ block kernel (one call, ``block.py``) or
-    the batched BLAS GEMM loop with the fused C++ half-step, by ``block.use_gemm_loop``."""
+    the batched BLAS GEMM loop with the fused C++ half-step, by ``block.use_gemm_loop``.
+    ``g_init`` (B, m): warm start (``scaling.sinkhorn_scaling``)."""
     a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
     B, n, m = a.shape[0], a.shape[1], b.shape[1]
     if (B * (n + m) * a.element_size() <= PER_PROBLEM_BYTES
             and block.use_gemm_loop(B, n, m, a.dtype, torch.get_num_threads())):
         return scaling.sinkhorn_scaling(a, b, cost, eps, max_iter, tol, scaling.div_cpu,
-                                        sinkhorn_log_cpu)
-    return block.solve(a, b, cost, eps, max_iter, tol)[:4]
+                                        sinkhorn_log_cpu, g_init)
+    return block.solve(a, b, cost, eps, max_iter, tol, g_init=g_init)[:4]
 
 
 def scaling_cpu_with_flags(a, b, cost, eps, max_iter, tol):
@@ -129,15 +131,23 @@ sinkhorn_scaling_cpu.register_fake(_solver_fake)
 
 @torch.library.custom_op("pytransfer::sinkhorn_scaling_triton", mutates_args=())
 def sinkhorn_scaling_triton(
-    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float,
+    g_init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scaling form in one Triton kernel; flagged (absorbed) problems continue in the log domain
-    from their last in-range potentials, their iterations counted as on the CPU."""
+    from their last in-range potentials, their iterations counted as on the CPU. ``g_init``:
+    warm start (``scaling.sinkhorn_scaling``)."""
     from pytransfer.kernels.sinkhorn_scaling import sinkhorn_scaling_triton as launch
 
     lo, hi = scaling.SAFE_RANGE[torch.float64 if a.dtype == torch.float64 else torch.float32]
     a, b = a.contiguous(), b.contiguous()
-    f, g, n_iter, err, bad = launch(a, b, cost, eps, max_iter, tol, lo, hi)
+    v0, start_log = scaling.warm_scalings(b, g_init, eps)
+    f, g, n_iter, err, bad = launch(a, b, cost, eps, max_iter, tol, lo, hi, v0=v0)
+    if start_log is not None:  # warm starts outside the scalings' range: the log domain
+        i = start_log.nonzero()[:, 0]
+        f[i], g[i], n_iter[i], err[i] = sinkhorn_log_triton(a[i], b[i], cost, eps, max_iter, tol,
+                                                            g_init[i].contiguous())
+        bad[i] = False
     if bool(bad.any()):
         ids = bad.nonzero()[:, 0]
         for done in torch.unique(n_iter[ids]).tolist():  # one call per iteration count run
@@ -151,9 +161,9 @@ def sinkhorn_scaling_triton(
 sinkhorn_scaling_triton.register_fake(_solver_fake)
 
 
-def sinkhorn_scaling_reference(a, b, cost, eps, max_iter, tol):
+def sinkhorn_scaling_reference(a, b, cost, eps, max_iter, tol, g_init=None):
     return scaling.sinkhorn_scaling(a, b, cost, eps, max_iter, tol, scaling.div_reference,
-                                    sinkhorn_log_reference)
+                                    sinkhorn_log_reference, g_init)
 
 
 _dispatch.register_backends(
@@ -170,8 +180,8 @@ def sinkhorn_values(
     """(transport_cost, objective, plan) from converged potentials; cost (B|1, n, m).
 
     ``factorized`` (shared cost, moderate range): values by GEMMs, and the plan is formed only
-    with ``return_plan`` (else a 0-size tensor; backward forms it if it needs it). The plan is
-    an output without gradient.
+    with ``return_plan`` (else a 0-size tensor; backward forms it if it needs it). The plan's
+    gradient is the implicit one at the fixed point (``implicit.plan_vjp``) in either mode.
     """
     if return_plan or not factorized:
         B, n, m = a.shape[0], a.shape[1], b.shape[1]
@@ -195,15 +205,19 @@ def _(a, b, cost, f, g, eps, grad_mode, factorized, return_plan):
 
 def _setup_context(ctx, inputs, output):
     a, b, cost, f, g, eps, grad_mode, _factorized, _return_plan = inputs
-    ctx.mark_non_differentiable(output[2])
+    ctx.set_materialize_grads(False)  # an unused plan gets no (B, n, m) zero gradient
     ctx.save_for_backward(a, b, cost, f, g, output[2])
     ctx.eps, ctx.grad_mode = eps, grad_mode
 
 
-def _backward(ctx, grad_transport, grad_objective, _grad_plan):
+def _backward(ctx, grad_transport, grad_objective, grad_plan):
     a, b, cost, f, g, plan = ctx.saved_tensors
     eps = ctx.eps
     need_a, need_b, need_C = ctx.needs_input_grad[:3]
+    with_plan = grad_plan is not None and grad_plan.numel() > 0
+    zero = a.new_zeros(a.shape[0])
+    grad_transport = zero if grad_transport is None else grad_transport
+    grad_objective = zero if grad_objective is None else grad_objective
     if plan.numel() == 0 and (need_C or ctx.grad_mode == "implicit"):
         plan = plan_from_potentials(a, b, cost, f, g, eps)
     ga_o, gb_o, gC_o = implicit.objective_vjp(a, b, f, g, plan, eps)
@@ -217,8 +231,13 @@ def _backward(ctx, grad_transport, grad_objective, _grad_plan):
     grad_C = None
     if need_C:
         grad_C = wt[:, :, None] * gC_t + wo[:, :, None] * gC_o
-        if cost.shape[0] == 1 and a.shape[0] != 1:
-            grad_C = grad_C.sum(0, keepdim=True)
+    if with_plan:  # the plan's own gradient: implicit rule at the fixed point
+        ga_p, gb_p, gC_p = implicit.plan_vjp(a, b, cost, f, g, plan, eps, grad_plan, need_C)
+        grad_a = grad_a + ga_p if need_a else None
+        grad_b = grad_b + gb_p if need_b else None
+        grad_C = grad_C + gC_p if need_C else None
+    if need_C and cost.shape[0] == 1 and a.shape[0] != 1:
+        grad_C = grad_C.sum(0, keepdim=True)
     return grad_a, grad_b, grad_C, None, None, None, None, None, None
 
 

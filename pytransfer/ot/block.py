@@ -52,11 +52,12 @@ def check(a, b, cost, rtol):
     return ok, span
 
 
-def solve(a, b, cost, eps, max_iter, tol, values=False):
+def solve(a, b, cost, eps, max_iter, tol, values=False, g_init=None):
     """(f, g, n_iter, err, absorbed, converged, transport, objective, f centred, g centred) of
     the C++ kernel for contiguous float32/float64 a (B, n), b (B, m), cost (1, n, m); the
     last four only with ``values`` (else None); ``absorbed`` marks problems that finished in
-    the log domain."""
+    the log domain (or started there: a warm start ``g_init`` (B, m) outside the scalings'
+    range)."""
     (B, n), m, dtype = a.shape, b.shape[1], a.dtype
     lo, hi = scaling.SAFE_RANGE[dtype]
     none = _ext.src(None)  # an optional output not asked for: a null pointer
@@ -65,32 +66,34 @@ def solve(a, b, cost, eps, max_iter, tol, values=False):
     extra = ((_ext.out(dtype, B), _ext.out(dtype, B), _ext.out(dtype, B, n),
               _ext.out(dtype, B, m)) if values else (none,) * 4)
     _ext.call("sinkhorn_block", dtype, _ext.src(a, B, n), _ext.src(b, B, m),
-              _ext.src(cost, 1, n, m), B, n, m, eps, max_iter, tol, lo, hi, *outs, *extra)
+              _ext.src(cost, 1, n, m), B, n, m, eps, max_iter, tol, lo, hi,
+              _ext.src(g_init, B, m), *outs, *extra)
     f, g, n_iter, err, absorbed, converged = (x.tensor for x in outs)
     transport, objective, fc, gc = (x.tensor for x in extra)
     return f, g, n_iter, err, absorbed, converged, transport, objective, fc, gc
 
 
-def _dual_forward(a, b, cost, eps, max_iter, tol):
+def _dual_forward(a, b, cost, eps, max_iter, tol, g_init=None):
     a, b, cost = a.contiguous(), b.contiguous(), cost.contiguous()
     f, g, n_iter, err, _, converged, transport, objective, fc, gc = solve(
-        a, b, cost, eps, max_iter, tol, True)
+        a, b, cost, eps, max_iter, tol, True, g_init)
     return transport, objective, f, g, n_iter, err, converged, fc, gc
 
 
 @torch.library.custom_op("pytransfer::sinkhorn_dual_cpu", mutates_args=())
 def sinkhorn_dual_cpu(
-    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, eps: float, max_iter: int, tol: float,
+    g_init: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor,
            torch.Tensor, torch.Tensor, torch.Tensor]:
     """(transport_cost, objective, f, g, n_iter, err, converged, f centred, g centred) for a
     shared cost (1, n, m): the whole ``grad="dual"`` forward in one C++ call; differentiable
-    in the values only (JTLN eq. 11; the potentials are constants)."""
-    return _dual_forward(a, b, cost, eps, max_iter, tol)
+    in the values only (JTLN eq. 11; the potentials are constants). ``g_init``: warm start."""
+    return _dual_forward(a, b, cost, eps, max_iter, tol, g_init)
 
 
 @sinkhorn_dual_cpu.register_fake
-def _(a, b, cost, eps, max_iter, tol):
+def _(a, b, cost, eps, max_iter, tol, g_init=None):
     B = a.shape[0]
     return (a.new_empty((B,)), a.new_empty((B,)), torch.empty_like(a), torch.empty_like(b),
             a.new_empty((B,), dtype=torch.int64), a.new_empty((B,)),
@@ -126,7 +129,7 @@ def _backward(ctx, grad_transport, grad_objective, *_):
     if need_C and w_plan is not None:
         plan = plan_from_potentials(a, b, cost, f, g, ctx.eps)
         grad_C = (w_plan[:, :, None] * plan).sum(0, keepdim=True)
-    return grad_a, grad_b, grad_C, None, None, None
+    return grad_a, grad_b, grad_C, None, None, None, None
 
 
 sinkhorn_dual_cpu.register_autograd(_backward, setup_context=_setup_context)
@@ -138,8 +141,8 @@ class _Dual(torch.autograd.Function):
     rest of the op's outputs come back through ``out``."""
 
     @staticmethod
-    def forward(ctx, a, b, cost, eps, max_iter, tol, out):
-        out.extend(_dual_forward(a, b, cost, eps, max_iter, tol))
+    def forward(ctx, a, b, cost, eps, max_iter, tol, g_init, out):
+        out.extend(_dual_forward(a, b, cost, eps, max_iter, tol, g_init))
         ctx.set_materialize_grads(False)
         ctx.save_for_backward(a, b, cost, out[2], out[3], out[7], out[8])
         ctx.eps = eps
@@ -156,8 +159,8 @@ class _DualTransport(torch.autograd.Function):
     when the cost needs a gradient)."""
 
     @staticmethod
-    def forward(ctx, a, b, cost, eps, max_iter, tol, out):
-        out.extend(_dual_forward(a, b, cost, eps, max_iter, tol))
+    def forward(ctx, a, b, cost, eps, max_iter, tol, g_init, out):
+        out.extend(_dual_forward(a, b, cost, eps, max_iter, tol, g_init))
         ctx.set_materialize_grads(False)
         if ctx.needs_input_grad[2]:
             ctx.save_for_backward(out[7], out[8], a, b, cost, out[2], out[3])
@@ -171,27 +174,27 @@ class _DualTransport(torch.autograd.Function):
         fc, gc, *plan_inputs = ctx.saved_tensors
         need_a, need_b, need_C = ctx.needs_input_grad[:3]
         if grad_transport is None:
-            return None, None, None, None, None, None, None
+            return (None,) * 8
         wt = grad_transport[:, None]
         grad_C = None
         if need_C:
             plan = plan_from_potentials(*plan_inputs, ctx.eps)
             grad_C = (wt[:, :, None] * plan).sum(0, keepdim=True)
         return (wt * fc if need_a else None, wt * gc if need_b else None, grad_C, None, None,
-                None, None)
+                None, None, None)
 
 
-def sinkhorn_dual(a, b, cost, eps, max_iter, tol, objective_grad=True):
+def sinkhorn_dual(a, b, cost, eps, max_iter, tol, g_init=None, objective_grad=True):
     """``sinkhorn_dual_cpu``; eager calls skip the custom-op dispatch (tens of us per call),
-    traced ones (torch.compile) use the op. ``objective_grad=False``: the objective is
-    returned without gradient (cheaper autograd bookkeeping)."""
+    traced ones (torch.compile) use the op. ``g_init``: warm start. ``objective_grad=False``:
+    the objective is returned without gradient (cheaper autograd bookkeeping)."""
     if torch.compiler.is_compiling():
-        return sinkhorn_dual_cpu(a, b, cost, eps, max_iter, tol)
+        return sinkhorn_dual_cpu(a, b, cost, eps, max_iter, tol, g_init)
     if not (a.requires_grad or b.requires_grad or cost.requires_grad):
-        return _dual_forward(a, b, cost, eps, max_iter, tol)
+        return _dual_forward(a, b, cost, eps, max_iter, tol, g_init)
     out = []
     if objective_grad:
-        out[:2] = _Dual.apply(a, b, cost, eps, max_iter, tol, out)
+        out[:2] = _Dual.apply(a, b, cost, eps, max_iter, tol, g_init, out)
     else:
-        out[0] = _DualTransport.apply(a, b, cost, eps, max_iter, tol, out)
+        out[0] = _DualTransport.apply(a, b, cost, eps, max_iter, tol, g_init, out)
     return tuple(out)

@@ -1,4 +1,4 @@
-"""Gradients of Sinkhorn's outputs at the fixed point (DESIGN.md section 3, issue 3).
+"""Gradients of Sinkhorn's outputs at the fixed point.
 
 With plan P_ij = exp((f_i + g_j - C_ij)/eps) and marginal constraints P 1 = a, P^T 1 = b,
 differentiating the constraints gives the (n + m) system
@@ -39,12 +39,12 @@ def _solve_spd(S: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def _adjoint_rows_eliminated(P, C, eps, sup_a, sup_b, f, g):
-    """Adjoint (z_f, z_g) of <P, C>, eliminating the row block (cheap when m <= n)."""
+def _adjoint_rows_eliminated(P, C, W, eps, sup_a, sup_b, f, g):
+    """Adjoint (z_f, z_g) of <P, W>, eliminating the row block (cheap when m <= n)."""
     r, c = P.sum(-1), P.sum(-2)
     inv_r = torch.where(sup_a, 1 / torch.where(sup_a, r, 1).clamp_min(torch.finfo(P.dtype).tiny), 0)
-    PC = P * C
-    wf, wg = PC.sum(-1) / eps, PC.sum(-2) / eps
+    PW = torch.where(P > 0, P * W, 0)  # 0 * inf = 0 on forbidden pairs
+    wf, wg = PW.sum(-1) / eps, PW.sum(-2) / eps
     Q = P * inv_r.sqrt()[:, :, None]  # S = diag(c) - Q^T Q with Q = diag(1/r)^(1/2) P
     Pt = P.transpose(-1, -2)
     S = torch.diag_embed(c) - Q.transpose(-1, -2) @ Q
@@ -57,32 +57,41 @@ def _adjoint_rows_eliminated(P, C, eps, sup_a, sup_b, f, g):
     ninf = torch.tensor(float("-inf"), dtype=P.dtype, device=P.device)
     if not bool(sup_a.all()):
         q_row = torch.softmax(torch.where(sup_b[:, None, :], (g[:, None, :] - C) / eps, ninf), -1)
-        zf = torch.where(sup_a, zf, (q_row * (C / eps - zg[:, None, :])).sum(-1))
+        zf = torch.where(sup_a, zf, _expect(q_row, W / eps - zg[:, None, :], -1))
     if not bool(sup_b.all()):
         q_col = torch.softmax(torch.where(sup_a[:, :, None], (f[:, :, None] - C) / eps, ninf), -2)
-        zg = torch.where(sup_b, zg, (q_col * (C / eps - zf[:, :, None])).sum(-2))
+        zg = torch.where(sup_b, zg, _expect(q_col, W / eps - zf[:, :, None], -2))
     return zf, zg
+
+
+def _expect(q, x, dim):
+    """sum q x along dim, 0 where q = 0 (x may be +inf on forbidden pairs)."""
+    return torch.where(q > 0, q * x, 0).sum(dim)
 
 
 @torch.library.custom_op("pytransfer::sinkhorn_adjoint", mutates_args=())
 def sinkhorn_adjoint(
     a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
-    plan: torch.Tensor, eps: float,
+    plan: torch.Tensor, eps: float, weight: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Adjoint (z_f, z_g) of <plan, C> (an opaque op: its zero-mass branch reads values)."""
+    """Adjoint (z_f, z_g) of <plan, weight> (weight defaults to the cost; an opaque op: its
+    zero-mass branch reads values). With w = [(P o W) 1; (P o W)^T 1] / eps in place of the
+    cost's, the gradient of <P, W> for a fixed W is eps z_f, eps z_g and
+    P o (z_f 1^T + 1 z_g^T - W/eps) w.r.t. a, b and C: the plan's vector-Jacobian product."""
     C = cost.expand_as(plan)
+    W = C if weight is None else weight.expand_as(plan)
     tiny = torch.finfo(plan.dtype).tiny  # subnormal masses: the zero-mass limit (module doc)
     sup_a, sup_b = a >= tiny, b >= tiny
     if plan.shape[-1] <= plan.shape[-2]:
-        zf, zg = _adjoint_rows_eliminated(plan, C, eps, sup_a, sup_b, f, g)
+        zf, zg = _adjoint_rows_eliminated(plan, C, W, eps, sup_a, sup_b, f, g)
     else:
         tr = lambda x: x.transpose(-1, -2)  # noqa: E731
-        zg, zf = _adjoint_rows_eliminated(tr(plan), tr(C), eps, sup_b, sup_a, g, f)
+        zg, zf = _adjoint_rows_eliminated(tr(plan), tr(C), tr(W), eps, sup_b, sup_a, g, f)
     return zf.contiguous(), zg.contiguous()
 
 
 @sinkhorn_adjoint.register_fake
-def _(a, b, cost, f, g, plan, eps):
+def _(a, b, cost, f, g, plan, eps, weight=None):
     return torch.empty_like(f), torch.empty_like(g)
 
 
@@ -98,7 +107,21 @@ def transport_cost_vjp(
     zf, zg = sinkhorn_adjoint(a, b, cost, f, g, plan, eps)
     grad_C = None
     if need_cost_grad:
-        grad_C = plan * (1 - cost / eps + zf[:, :, None] + zg[:, None, :])
+        grad_C = torch.where(plan > 0, plan * (1 - cost / eps + zf[:, :, None] + zg[:, None, :]),
+                             0)  # 0 on forbidden pairs (C = +inf)
+    return center(eps * zf, a > 0), center(eps * zg, b > 0), grad_C
+
+
+def plan_vjp(
+    a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
+    plan: torch.Tensor, eps: float, grad_plan: torch.Tensor, need_cost_grad: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Exact (grad_a, grad_b, grad_C) of <plan, grad_plan> at the fixed point (the implicit
+    rule for the plan itself; ``sinkhorn_adjoint``)."""
+    zf, zg = sinkhorn_adjoint(a, b, cost, f, g, plan, eps, grad_plan)
+    grad_C = None
+    if need_cost_grad:
+        grad_C = plan * (zf[:, :, None] + zg[:, None, :] - grad_plan / eps)
     return center(eps * zf, a > 0), center(eps * zg, b > 0), grad_C
 
 

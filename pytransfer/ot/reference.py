@@ -1,4 +1,4 @@
-"""Plain-PyTorch batched log-domain Sinkhorn: the specification in code (DESIGN.md section 3).
+"""Plain-PyTorch batched log-domain Sinkhorn: the specification in code.
 
 Shapes: a (B, n), b (B, m), cost (B, n, m) or (1, n, m). Potentials are in cost units with
 plan_ij = exp((f_i + g_j - C_ij) / eps) (JTLN: f = eps log u, g = eps log v, the paper's
@@ -57,6 +57,12 @@ def sinkhorn_log_reference(
     return eps * F, eps * G, n_iter, err
 
 
+def finite_cost(cost: torch.Tensor) -> torch.Tensor:
+    """The cost with +inf (forbidden pairs, where the plan is 0) replaced by 0, so that
+    0 * inf counts as 0 in <P, C> and its gradients."""
+    return cost.nan_to_num(posinf=0.0)
+
+
 def plan_from_potentials(
     a: torch.Tensor, b: torch.Tensor, cost: torch.Tensor, f: torch.Tensor, g: torch.Tensor,
     eps: float,
@@ -80,6 +86,7 @@ def values_from_plan(
     With log P = (f + g - C)/eps on the support the objective needs only the marginals of P:
     <P 1, f - eps log a> + <P^T 1, g - eps log b> - eps sum P + eps |a| |b|.
     """
+    cost = finite_cost(cost)
     if cost.shape[0] == 1:  # shared cost: one matrix-vector product
         transport = plan.flatten(1) @ cost.flatten()
     else:
@@ -113,6 +120,7 @@ def values_factorized(
     C = cost[0]
     cmin = C.min()
     K = torch.exp(-(C - cmin) / eps)
+    C = finite_cost(C)
     scale = torch.exp(fmax + gmax - cmin / eps)  # (B, 1)
     r = scale * u * (v @ K.t())
     c = scale * v * (u @ K)

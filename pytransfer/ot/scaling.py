@@ -58,13 +58,34 @@ def div_cpu(w, den, x_old, x_new, with_err):
 
 
 def scaling_range(cost: torch.Tensor, eps: float) -> float:
-    """(max C - min C) / eps: the exponent range of K (host sync)."""
+    """(max C - min C) / eps over the finite entries (+inf: forbidden pairs, K = 0 there):
+    the exponent range of K (host sync)."""
     cost = cost.detach()
-    return float(cost.max() - cost.min()) / eps
+    hi = cost.max()
+    if bool(torch.isinf(hi)):
+        hi = cost.nan_to_num(posinf=float("-inf")).max()
+    return float(hi - cost.min()) / eps
 
 
-def sinkhorn_scaling(a, b, cost, eps, max_iter, tol, div: DivFn, log_solver):
-    """(f, g, n_iter, err) for a (B, n), b (B, m), shared cost (1, n, m); see the module doc."""
+def warm_scalings(b, g_init, eps):
+    """(v0, start_log) of a warm start: v0 = exp(g/eps) on b's support (1 where the problem
+    starts in the log domain instead), start_log marks problems whose v0 leaves SAFE_RANGE
+    (None when none does); (None, None) without a warm start."""
+    if g_init is None:
+        return None, None
+    lo, hi = SAFE_RANGE[b.dtype]
+    sup = b > 0
+    v0 = torch.where(sup, torch.exp(g_init / eps), 0)
+    start_log = (sup & ~((v0 >= lo) & (v0 <= hi))).any(-1)
+    if not bool(start_log.any()):
+        return v0, None
+    return torch.where(start_log[:, None], sup.to(v0.dtype), v0), start_log
+
+
+def sinkhorn_scaling(a, b, cost, eps, max_iter, tol, div: DivFn, log_solver, g_init=None):
+    """(f, g, n_iter, err) for a (B, n), b (B, m), shared cost (1, n, m); see the module doc.
+    ``g_init`` (B, m): warm start from v = exp(g/eps); a problem whose v leaves SAFE_RANGE
+    starts in the log domain from g_init."""
     B = a.shape[0]
     C = cost[0]
     cmin = C.min()
@@ -80,6 +101,9 @@ def sinkhorn_scaling(a, b, cost, eps, max_iter, tol, div: DivFn, log_solver):
     A, Bw, T = a.contiguous(), b.contiguous(), thr
     U, U_new = torch.zeros_like(A), torch.empty_like(A)
     V, V_new = (Bw > 0).to(a.dtype), torch.empty_like(Bw)  # g = 0 on the support
+    v0, start_log = warm_scalings(Bw, g_init, eps)
+    if v0 is not None:
+        V = v0.contiguous()
     KV, KtU = torch.empty_like(A), torch.empty_like(Bw)  # GEMM outputs, reused
 
     def keep(mask):
@@ -94,8 +118,13 @@ def sinkhorn_scaling(a, b, cost, eps, max_iter, tol, div: DivFn, log_solver):
         absorbed_it.append(torch.full_like(ids[mask], it))
         keep(~mask)
 
+    if start_log is not None:  # warm starts outside the range: the log domain from g_init
+        absorbed_ids.append(ids[start_log])
+        absorbed_g.append(g_init[start_log])
+        absorbed_it.append(torch.zeros_like(ids[start_log]))
+        keep(~start_log)
     it = 0
-    while True:
+    while ids.numel():
         torch.matmul(V, Kt, out=KV)
         check = it == max_iter or (it > 0 and tol > 0)
         e, bad = div(A, KV, U, U_new, check)

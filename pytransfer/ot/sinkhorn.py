@@ -1,4 +1,4 @@
-"""``pytransfer.ot.sinkhorn``: batched entropic OT between small histograms (DESIGN.md section 3).
+"""``pytransfer.ot.sinkhorn``: batched entropic OT between small histograms.
 
 The JTLN loss (Lu et al., eq. 7-11) is ``transport_cost`` of this solver between the source
 and target classifier outputs, with the paper's lambda = 1/eps.
@@ -82,6 +82,22 @@ def _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs):
     return device, span
 
 
+def _validate_init(init, a, b) -> torch.Tensor:
+    """g of a warm start ``init = (f, g)``, (B, m) or (m,), detached (see ``sinkhorn``)."""
+    if not (isinstance(init, tuple | list) and len(init) == 2):
+        raise TypeError(f"init must be a pair (f, g) of potentials, got {type(init).__name__}")
+    for name, x, w in (("init[0] (f)", init[0], a), ("init[1] (g)", init[1], b)):
+        _checks.floating(name, x)
+        if x.dtype != w.dtype or x.device != w.device:
+            raise TypeError(f"{name} must have the dtype and device of a and b ({w.dtype}, "
+                            f"{w.device}), got {x.dtype} on {x.device}")
+        if tuple(x.shape) not in (tuple(w.shape), tuple(w.shape[-1:])):
+            raise ValueError(f"{name} must have shape {tuple(w.shape)} or {tuple(w.shape[-1:])}, "
+                             f"got {tuple(x.shape)}")
+        _checks.finite(name, x)
+    return init[1].detach()
+
+
 def _check_values(a, b, cost) -> float | None:
     """NaN/Inf, signs and masses (host sync). CPU float32/float64 contiguous inputs take one
     C++ pass (no copy), which also returns max C - min C for the method choice; the torch
@@ -94,8 +110,9 @@ def _check_values(a, b, cost) -> float | None:
                                rtol)
         if ok:
             return span
-    for name, x in (("a", a), ("b", b), ("cost", cost)):
+    for name, x in (("a", a), ("b", b)):
         _checks.finite(name, x)
+    span = _check_cost(a, b, cost)
     _checks.nonnegative("a", a)
     _checks.nonnegative("b", b)
     ma, mb = a.sum(-1), b.sum(-1)
@@ -109,7 +126,31 @@ def _check_values(a, b, cost) -> float | None:
             f"a and b must have equal total mass per problem (relative gap {float(gap):.2e} "
             f"> {rtol:.0e}); normalise them or use unbalanced OT"
         )
-    return None
+    return span
+
+
+def _check_cost(a, b, cost) -> float | None:
+    """NaN and -inf are rejected; +inf marks forbidden pairs (never matched). A row (column)
+    whose every entry on b's (a's) support is +inf can never be matched: ValueError naming it.
+    Returns max C - min C over the finite entries when the cost holds +inf, else None."""
+    c = cost.detach()
+    if bool(torch.isfinite(c.sum())) or bool(torch.isfinite(c).all()):
+        return None
+    if bool(torch.isnan(c).any()):
+        raise ValueError("cost contains NaN")
+    if bool((c == float("-inf")).any()):
+        raise ValueError("cost contains -inf (only +inf, a forbidden pair, is allowed)")
+    a, b = a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1])  # a single problem: B = 1
+    forbidden = torch.isinf(c).expand(a.shape[0], -1, -1)
+    for axis, name, other in ((2, "row", b), (1, "column", a)):
+        dead = (forbidden | (other <= 0).unsqueeze(3 - axis)).all(axis)
+        if bool(dead.any()):
+            p, i = (int(x) for x in dead.nonzero()[0])
+            raise ValueError(
+                f"cost {name} {i} of problem {p} is +inf on every entry where the other "
+                f"marginal has mass: that {name} can never be matched")
+    finite = c[~torch.isinf(c)]
+    return float(finite.max() - finite.min())
 
 
 def _choose_method(method: str, shared: bool, grad: str, cost: torch.Tensor,
@@ -150,6 +191,7 @@ def sinkhorn(
     backend: str = "auto",
     return_plan: bool = False,
     check_inputs: bool = True,
+    init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> SinkhornResult:
     """Solve B entropic OT problems min_P <P, C> + eps KL(P || a b^T), P 1 = a, P^T 1 = b.
 
@@ -174,13 +216,34 @@ def sinkhorn(
             quarter of one block's lanes, or fewer blocks than threads, would be busy: there the
             batched GEMM loop (``pytransfer.ot.block.use_gemm_loop``; README, Sinkhorn).
         backend: ``"auto" | "reference" | "cpu" | "triton" | "cuda"``.
-        return_plan: also return the (B, n, m) plan (differentiable only with "unrolled").
-        check_inputs: run value checks (NaN/Inf, signs, masses; needs a host sync).
+        return_plan: also return the (B, n, m) plan, differentiable w.r.t. a, b and cost on
+            every backend: autograd through the loop with "unrolled", else the implicit rule at
+            the fixed point (whatever ``grad`` says for the values).
+        check_inputs: run value checks (NaN/-Inf, signs, masses, rows or columns that can
+            never be matched; needs a host sync).
+        init: warm start ``(f, g)``, potentials in cost units as returned in ``f``, ``g``
+            ((B, n), (B, m), or (n,), (m,) for every problem; finite, a's dtype and device;
+            POT's ``warmstart`` is ``(f / eps, g / eps)``). Iteration 1 computes f from g, so
+            only g steers the solve (f is checked, not used). The log domain starts from g, the
+            scaling form from v = exp(g/eps); a problem whose v lies outside the scalings'
+            safe range (``scaling.SAFE_RANGE``) starts in the log domain from g instead (as an
+            absorbed problem would). Every backend and method. No gradient flows into init.
+
+    Forbidden pairs: +inf cost entries are never matched (plan 0 there, and 0 * inf counts as
+    0 in the values and gradients). A row or column with every entry on the other side's
+    support at +inf is rejected. NaN and -inf costs are rejected.
+
+    Which marginal is exact after a truncated run: an iteration updates f (rows) and then g
+    (columns), so after ``n_iter`` iterations the plan's column sums equal b exactly and
+    ``marginal_error`` measures the rows. POT updates v then u, so its rows are exact: POT's
+    plan after k iterations is the transpose of ours on the transposed problem (b, a, C^T).
+    Converged results agree either way.
 
     Float16/bfloat16 inputs are upcast to float32. Gradients w.r.t. a and b are centered on the
     positive-mass entries (total mass is constrained, so they are defined up to a constant).
     """
     device, cost_span = _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs)
+    g_init = None if init is None else _validate_init(init, a, b)
     shared = cost.dim() == 2
     single = a.dim() == 1
     if single:
@@ -191,15 +254,18 @@ def sinkhorn(
         a, b, cost = a.float(), b.float(), cost.float()
     eps = float(eps)
     method, factorized = _choose_method(method, shared, grad, cost, eps, cost_span)
+    if g_init is not None:
+        g_init = g_init.to(a.dtype).expand(a.shape[0], -1).contiguous()
     op = _ops.OP_SCALING if method == "scaling" else _ops.OP
     B, n, m = a.shape[0], a.shape[1], b.shape[1]
     name, solve = _dispatch.resolve(op, backend, device.type, n=n, m=m)
     converged = None
+    warm = () if g_init is None else (g_init,)
     if (name == "cpu" and method == "scaling" and grad == "dual" and not return_plan
             and not block.use_gemm_loop(B, n, m, a.dtype, torch.get_num_threads())):
         # the block kernel: solve, values and dual gradients in one call
         transport, objective, f, g, n_iter, err, converged, _, _ = block.sinkhorn_dual(
-            a, b, cost, eps, max_iter, tol)
+            a, b, cost, eps, max_iter, tol, g_init)
         plan = None
     elif grad == "unrolled":
         if name != "reference":
@@ -207,12 +273,13 @@ def sinkhorn(
                 f"grad='unrolled' differentiates through the iterations and needs "
                 f"backend='reference', got backend {name!r}"
             )
-        f, g, n_iter, err = solve(a, b, cost, eps, max_iter, tol)
+        f, g, n_iter, err = solve(a, b, cost, eps, max_iter, tol, *warm)
         plan = plan_from_potentials(a, b, cost, f, g, eps)
         transport, objective = values_from_plan(a, b, cost, plan, f, g, eps)
     else:
         with torch.no_grad():
-            f, g, n_iter, err = solve(a.detach(), b.detach(), cost.detach(), eps, max_iter, tol)
+            f, g, n_iter, err = solve(a.detach(), b.detach(), cost.detach(), eps, max_iter, tol,
+                                      *warm)
         transport, objective, plan = _ops.sinkhorn_values(a, b, cost, f, g, eps, grad,
                                                           factorized, return_plan)
     if converged is None:

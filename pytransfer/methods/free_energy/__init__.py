@@ -22,6 +22,7 @@ from pytransfer.methods.free_energy.paths import (
     mixture_batch,
     ot_batch,
     ot_coupling,
+    ot_coupling_points,
     sample_batch,
     sample_pairs,
 )
@@ -34,5 +35,6 @@ from pytransfer.methods.free_energy.process import (
 
 __all__ = ["INTERPOLATIONS", "RULES", "VARIANTS", "DataPath", "ProcessConfig", "ProcessState",
            "Rates", "equilibrate", "eta_schedule", "iso_classification", "mixture_batch",
-           "ot_batch", "ot_coupling", "resume", "run_demo", "sample_batch", "sample_pairs",
+           "ot_batch", "ot_coupling", "ot_coupling_points", "resume", "run_demo", "sample_batch",
+           "sample_pairs",
            "save_checkpoint", "transfer", "transfer_rates", "variational_free_energy"]

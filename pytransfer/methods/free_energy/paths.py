@@ -3,9 +3,12 @@ eq. 36-37) with its entropic coupling of the source and target samples."""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import torch
+
+from pytransfer.ot import PointSinkhornResult, sample_coupling, sinkhorn_points
 
 
 def sample_batch(data, batch_size: int, gen: torch.Generator):
@@ -62,19 +65,42 @@ def ot_coupling(xs: torch.Tensor, xt: torch.Tensor, eps: float = 0.05,
     return sinkhorn(a, b, cost, eps, max_iter=max_iter, tol=1e-6, return_plan=True).plan
 
 
+def ot_coupling_points(xs: torch.Tensor, xt: torch.Tensor, eps: float = 0.05,
+                       max_iter: int = 2000) -> PointSinkhornResult:
+    """The coupling of :func:`ot_coupling` (same cost scaling, same plan) as the potentials of
+    the point-cloud Sinkhorn (``pytransfer.ot.sinkhorn_points``): memory O((n_s + n_t) d), so
+    data sets whose n_s x n_t plan does not fit can be coupled; pairs are drawn from it by
+    ``pytransfer.ot.sample_coupling``. Warns when the solve stops unconverged."""
+    x, y = xs.flatten(1), xt.flatten(1)
+    # mean over all pairs of ||x_i - y_j||^2, without the n_s x n_t matrix; the point-cloud
+    # cost is ||x - y||^2 / 2, hence the factor 1/2 on eps
+    mean_sq = x.pow(2).sum(1).mean() + y.pow(2).sum(1).mean() - 2 * x.mean(0) @ y.mean(0)
+    scale = float(mean_sq.clamp_min(torch.finfo(x.dtype).tiny)) / 2
+    res = sinkhorn_points(x, y, eps=eps * scale, max_iter=max_iter, tol=1e-6)
+    if not bool(res.converged.all()):
+        warnings.warn(f"the OT coupling did not converge in {max_iter} iterations (marginal "
+                      f"error {float(res.marginal_error.max()):.2e}); raise max_iter or eps",
+                      RuntimeWarning, stacklevel=2)
+    return res
+
+
 def sample_pairs(plan: torch.Tensor, n: int, gen: torch.Generator):
     """n index pairs (i, j) drawn i.i.d. from the coupling ``plan`` (n_s, n_t)."""
     flat = torch.multinomial(plan.flatten().double(), n, replacement=True, generator=gen)
     return flat // plan.shape[1], flat % plan.shape[1]
 
 
-def ot_batch(source, target, batch_size: int, gen: torch.Generator, *, plan: torch.Tensor,
-             classes: int) -> DataPath:
+def ot_batch(source, target, batch_size: int, gen: torch.Generator, *,
+             plan: torch.Tensor | PointSinkhornResult, classes: int) -> DataPath:
     """The OT interpolation of Appendix F (eq. 37): pairs (i, j) ~ Gamma*, rows
     x(t) = (1 - t) x_i + t x_j with equal weights and labels (1 - t) e_{y_i} + t e_{y_j}
-    (Remark 11). ``plan`` from :func:`ot_coupling` on the full source and target."""
-    i, j = sample_pairs(plan, batch_size, gen)
+    (Remark 11). ``plan``: the dense plan of :func:`ot_coupling` or the potentials of
+    :func:`ot_coupling_points` on the full source and target."""
     (xs, ys), (xt, yt) = source, target
+    if isinstance(plan, PointSinkhornResult):
+        i, j = sample_coupling(plan, xs.flatten(1), xt.flatten(1), batch_size, generator=gen)
+    else:
+        i, j = sample_pairs(plan, batch_size, gen)
     hot = torch.nn.functional.one_hot
     pi = torch.full((batch_size,), 1.0 / batch_size, dtype=xs.dtype)
     return DataPath(xs[i], xt[j], hot(ys[i], classes).to(xs.dtype), pi, pi,
