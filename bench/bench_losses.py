@@ -114,6 +114,7 @@ def ot_breakdown_us(B: int = 1, n: int = 2, m: int = 2, rounds: int = 400) -> di
     from pytransfer import _ext
     from pytransfer.ot import scaling
 
+    pin_one_thread()
     ls, lt, cost = ot_inputs(B, n, m)
     pt, loss = lt.softmax(-1), OTLoss(cost, eps=OT_EPS, max_iter=OT_ITERS, tol=0.0)
     hand = ot_workload(B, n, m)["hand-written"]

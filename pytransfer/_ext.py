@@ -103,9 +103,11 @@ def _bad(name: str, i: int, arg: Buffer, dtype: torch.dtype) -> Exception | None
     return None
 
 
-def call(name: str, dtype: torch.dtype, *args: Any, threads: bool = True) -> Any:
+def call(name: str, dtype: torch.dtype, *args: Any, threads: bool | int = True) -> Any:
     """``pytransfer._C.<name>(dtype name, *args, [torch.get_num_threads()])`` with every
-    :class:`Buffer` argument checked and passed as a data pointer; other arguments as given."""
+    :class:`Buffer` argument checked and passed as a data pointer; other arguments as given.
+    ``threads``: True passes the thread count, an int a smaller one (the caller's work items,
+    so no thread waits at the kernel's barriers with nothing to do), False none."""
     if _C is None:
         raise RuntimeError(IMPORT_ERROR)
     dname = DTYPE_NAMES.get(dtype)
@@ -138,8 +140,10 @@ def call(name: str, dtype: torch.dtype, *args: Any, threads: bool = True) -> Any
             x = x.contiguous()
             alive.append(x)
             flat.append(x.data_ptr())
-    if threads:
+    if threads is True:
         flat.append(torch.get_num_threads())
+    elif threads:
+        flat.append(threads)
     result = getattr(_C, name)(dname, *flat)
     del alive
     return result

@@ -97,6 +97,30 @@ def test_out_buffers_are_fresh_outputs_as_declared(monkeypatch):
     assert rec.args == (o.tensor.data_ptr(), 7, 0.5, True, "x", flags.tensor.data_ptr())
     with pytest.raises(TypeError, match="argument 0 is a bare tensor"):
         _ext.call("probe", torch.float64, torch.nn.Parameter(torch.zeros(3)))
+    _ext.call("probe", torch.float64, 5, threads=1)  # a capped thread count is passed as is
+    assert rec.args == (5, 1)
+
+
+def test_block_kernel_threads_capped_at_its_blocks(monkeypatch):
+    """The block kernel gets at most one thread per block of problems (no thread idles at
+    its barriers), and the thread count otherwise."""
+    seen = []
+    real = _ext.call
+
+    def spy(fn, dtype, *args, **kw):
+        seen.append(kw.get("threads", True))
+        return real(fn, dtype, *args, **kw)
+
+    monkeypatch.setattr(_ext, "call", spy)
+    a, b, C = _problem()  # 3 float64 problems: one block of 8 lanes
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        block.solve(a, b, C, 0.3, 10, 0.0)
+        block.solve(torch.cat([a] * 6), torch.cat([b] * 6), C, 0.3, 10, 0.0)  # 18: 3 blocks
+    finally:
+        torch.set_num_threads(before)
+    assert seen == [1, 2]
 
 
 def test_call_names_supported_dtypes_only():

@@ -67,7 +67,8 @@ def solve(a, b, cost, eps, max_iter, tol, values=False, g_init=None):
               _ext.out(dtype, B, m)) if values else (none,) * 4)
     _ext.call("sinkhorn_block", dtype, _ext.src(a, B, n), _ext.src(b, B, m),
               _ext.src(cost, 1, n, m), B, n, m, eps, max_iter, tol, lo, hi,
-              _ext.src(g_init, B, m), *outs, *extra)
+              _ext.src(g_init, B, m), *outs, *extra,
+              threads=max(1, min(torch.get_num_threads(), -(-B // LANES[dtype]))))
     f, g, n_iter, err, absorbed, converged = (x.tensor for x in outs)
     transport, objective, fc, gc = (x.tensor for x in extra)
     return f, g, n_iter, err, absorbed, converged, transport, objective, fc, gc
