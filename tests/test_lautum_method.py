@@ -229,3 +229,22 @@ def test_cli_spec_shape_mismatch_exits_2(tmp_path):
     Image.new("L", (5, 5)).save(tmp_path / "big" / "A" / "0.png")
     res = runner.invoke(app, [*CLI, "--data", src, "--target", f"folder:{tmp_path / 'big'}"])
     assert res.exit_code == 2 and "must match" in res.output, res.output
+
+
+def test_cifar_specs_default_to_classes_0_9_and_cifar_label_counts(tmp_path):
+    import pickle
+
+    rng = np.random.default_rng(0)
+    for folder, name, key, k in (("c10", "data_batch_1", b"labels", 10),
+                                 ("c100", "train", b"fine_labels", 20)):
+        (tmp_path / folder).mkdir()
+        labels = [c for c in range(k) for _ in range(8)]
+        batch = {b"data": rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8),
+                 key: labels}
+        (tmp_path / folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    src, tgt = f"cifar10:{tmp_path / 'c10'}", f"cifar100:{tmp_path / 'c100'}"
+    task = method.spec_task(src, tgt)
+    assert (task.num_target, task.image_shape) == (10, (3, 32, 32))
+    assert len(task.x_test) == 20 and len(task.x_train) == 60 and task.x_train.shape[1] == 3072
+    res = runner.invoke(app, ["lautum", "--source", src, "--target", tgt, "--seeds", "1"])
+    assert res.exit_code == 2 and "labels=100 needs 10 per class" in res.output, res.output
