@@ -43,7 +43,7 @@ def lautum(
     data: str = typer.Option("digits", "--data", "--source",
                              help="digits (embedded: 0-4 -> 5-9, no --target), or the source "
                                   "data spec: mnist:PATH | cifar10:PATH | folder:PATH[:HxW] | "
-                                  "cifar100:PATH[:classes] | npz:PATH"),
+                                  "cifar100:PATH[:classes]"),
     target: str = typer.Option(None, help="the target data spec when --data is not digits, "
                                           "e.g. folder:notMNIST_small or cifar100:PATH "
                                           "(default classes 0-9); a quarter of each class is "
