@@ -8,12 +8,13 @@ would write by hand in torch (same inputs, same value).
 - ``MKMMDLoss`` (linear, 19 kernels; JTLN eq. 14) vs a hand-written O(n d) estimator at n=64
   d=256 (target >= 2x), n=256 d=2048 and, in full runs, n=128 d=1024 and the overhead size
   n=64 d=8.
-- ``HScore`` (soft-HGR) vs the hand-written expression at n=256, k=64.
+- ``HScore`` (soft-HGR) vs the hand-written expression at n=256 and 1024 (full: 4096), k=64.
 - ``LautumLoss`` vs the hand-written loss on a plain-torch CCA at B=128-512.
 
 ``sinkhorn(method="auto")`` against the plain two-matmul loop is the sinkhorn op's scaling
 family. Peak memory is the report's column. Compared outputs are the value followed by the
-batch size times the gradient (errors of both weigh alike).
+batch size times the gradient (errors of both weigh alike). The OTLoss and MKMMDLoss series
+run along B*n*m and n*d (one line across the stated sizes).
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ OT_SIZES = {"tiny": ((4, 5, 3),), "quick": ((1, 2, 2), (128, 5, 5), (128, 78, 22
             "full": ((1, 2, 2), (128, 5, 5), (128, 78, 22), (512, 78, 22))}
 MMD_SIZES = {"tiny": ((16, 8),), "quick": ((64, 256), (256, 2048)),
              "full": ((64, 8), (64, 256), (128, 1024), (256, 2048))}
-HSCORE_SIZES = {"tiny": ((32, 8),), "quick": ((256, 64),), "full": ((256, 64),)}
+HSCORE_SIZES = {"tiny": ((32, 8),), "quick": ((256, 64), (1024, 64)),
+                "full": ((256, 64), (1024, 64), (4096, 64))}
 LAUTUM_B = {"tiny": (64,), "quick": (128, 512), "full": (128, 256, 512)}
 
 
@@ -180,12 +182,13 @@ def workloads(size: str, device: str = "cpu") -> list[Workload]:
     if device != "cpu":
         return []  # the hand-written losses are CPU torch; the GPU losses: the ops' kernels
     rounds = {"tiny": 1, "quick": 5, "full": 10}[size]
-    out = [_pair(f"OTLoss, {n}x{m}", B, "B", f"eps={OT_EPS}, {OT_ITERS} it, fwd+bwd, fp32",
+    out = [_pair("OTLoss", B * n * m, "B*n*m",
+                 f"B={B}, {n}x{m}, eps={OT_EPS}, {OT_ITERS} it, fwd+bwd, fp32",
                  lambda dt, B=B, n=n, m=m: ot_workload(B, n, m, dt), B, rounds,
                  3.0 if B >= 128 else None,
                  Work(flops=4.0 * OT_ITERS * B * n * m, bytes=4.0 * B * (n + m) * 2))
            for B, n, m in OT_SIZES[size]]
-    out += [_pair(f"MKMMDLoss linear, d={d}", n, "n", f"U={U}, fwd+bwd, fp32",
+    out += [_pair("MKMMDLoss linear", n * d, "n*d", f"n={n}, d={d}, U={U}, fwd+bwd, fp32",
                   lambda dt, n=n, d=d: mmd_workload(n, d, dt), n, rounds,
                   2.0 if (n, d) == (64, 256) else None)
             for n, d in MMD_SIZES[size]]
