@@ -32,9 +32,9 @@ import time
 import pytest
 import torch
 
-from bench.bench_sinkhorn import _plain_scaling_loop
-from bench.bench_sinkhorn import problem as sinkhorn_problem
 from bench.common import pin_one_thread
+from pytransfer.bench.sinkhorn import plain_scaling_loop as _plain_scaling_loop
+from pytransfer.bench.sinkhorn import problem as sinkhorn_problem
 from pytransfer.mmd import gaussian_kernels
 from pytransfer.nn import HScore, MKMMDLoss, OTLoss
 from pytransfer.ot import sinkhorn
@@ -141,7 +141,7 @@ def ot_overhead_us(rounds: int = 400) -> dict[str, float]:
 def auto_workload(B: int) -> dict:
     """{"ours", "plain"}: sinkhorn(auto) and the plain two-matmul loop; both return the
     transport costs (bench_sinkhorn's 78x22, eps=0.05, 100 iterations)."""
-    from bench.bench_sinkhorn import EPS, ITERS
+    from pytransfer.bench.sinkhorn import EPS, ITERS
 
     a, b, cost = sinkhorn_problem(B)
     return {"ours": lambda: sinkhorn(a, b, cost, EPS, max_iter=ITERS, tol=0.0).transport_cost,
@@ -150,7 +150,7 @@ def auto_workload(B: int) -> dict:
 
 def log_kernel_workload(B: int) -> dict:
     """{"ours", "reference"}: the C++ log-domain kernel and the torch reference (issue 3)."""
-    from bench.bench_sinkhorn import EPS, ITERS
+    from pytransfer.bench.sinkhorn import EPS, ITERS
 
     a, b, cost = sinkhorn_problem(B)
 
