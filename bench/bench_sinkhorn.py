@@ -5,9 +5,5 @@ implementation timed, its output checked against the float64 reference.
 """
 
 from bench.common import suite
-from pytransfer.bench.sinkhorn import plain_scaling_loop as _plain_scaling_loop
-from pytransfer.bench.sinkhorn import problem
 
 test_sinkhorn = suite("sinkhorn")
-
-__all__ = ["_plain_scaling_loop", "problem", "test_sinkhorn"]  # bench_losses uses both

@@ -208,3 +208,39 @@ def test_readme_section_is_rewritten_between_markers(tmp_path):
     readme.write_text("# no markers\n")
     with pytest.raises(SystemExit, match="markers"):
         rewrite(readme, results)
+
+
+def test_pointcloud_workload_matches_pot_at_the_final_eps():
+    """POT's log-domain solver, an independent implementation, on the benchmark's clouds:
+    <P, C> of OT(a, b) at the final eps after the same number of iterations."""
+    import ot
+
+    from pytransfer.bench.pointcloud import EPS, clouds, n_iterations
+    from pytransfer.ot import sinkhorn_points
+
+    x, y = clouds(64)
+    iters = n_iterations(x, y)
+    w = np.full(64, 1 / 64)
+    want = ot.sinkhorn2(w, w, ot.dist(x.double().numpy(), y.double().numpy()) / 2, EPS,
+                        method="sinkhorn_log", numItermax=iters, stopThr=0.0)
+    got = sinkhorn_points(x, y, eps=EPS, max_iter=iters, tol=0.0).transport_cost
+    assert float(got) == pytest.approx(float(want), rel=1e-4)
+
+
+def test_lautum_gradient_finite_where_the_anchor_is_not():
+    from pytransfer.bench.lautum import (
+        anchor_cca_lautum,
+        anchor_gradient_error,
+        gradient_finite,
+        near_one_problem,
+        repeated_problem,
+    )
+    from pytransfer.lautum import gaussian_lautum
+
+    ru, rv = repeated_problem()
+    assert gradient_finite(gaussian_lautum, ru, rv) == 1.0
+    assert gradient_finite(anchor_cca_lautum, ru, rv) == 0.0
+    nu, nv = near_one_problem()
+    assert gradient_finite(lambda a, b: gaussian_lautum(a, b, ridge=1e-4), nu, nv) == 1.0
+    assert gradient_finite(anchor_cca_lautum, nu, nv) == 0.0
+    assert anchor_gradient_error() > 1e-3  # finite but wrong where eigenvalues nearly tie

@@ -30,7 +30,8 @@ def test_demo_writes_report_beside_an_existing_demo_folder(tmp_path, monkeypatch
     for png in ("jtln_accuracy.png", "jtln_curves.png", "free_energy_rd.png"):
         assert (folder / png).read_bytes()[:4] == b"\x89PNG"
     accs = [float(x) for x in re.findall(r"(\d\.\d{3}) ±", result.output)]
-    assert len(accs) == 10 and all(0.0 <= a <= 1.0 for a in accs)
+    # 5 JTLN rows x 2 tasks x 1 label count, then Lautum's 4 methods x 3 label counts
+    assert len(accs) == 10 + 12 and all(0.0 <= a <= 1.0 for a in accs)
     assert "free-energy iso-classification on digits" in result.output
     assert "Layer choice" in result.output and "Spearman" in result.output
 

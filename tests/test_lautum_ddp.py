@@ -2,13 +2,10 @@
 the single-process values on the concatenated batch, with the gradients w.r.t. each rank's
 rows."""
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import run_gloo
 
 from pytransfer.lautum import gaussian_lautum
 from pytransfer.nn import LautumLoss
@@ -40,28 +37,17 @@ def _values(u, v, x, distributed):
     return out
 
 
-def _worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def _worker(rank):
     rows = slice(ROWS * rank, ROWS * rank + ROWS)
     u, v, x = _batch()
-    torch.save(_values(u[rows], v[rows], x[rows], True), os.path.join(out_dir, f"r{rank}.pt"))
-    dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return _values(u[rows], v[rows], x[rows], True)
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_distributed_equals_global_batch(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = run_gloo(_worker, WORLD, tmp_path)
     want = _values(*_batch(), False)
-    for r in range(WORLD):
-        got = torch.load(tmp_path / f"r{r}.pt")
+    for r, got in enumerate(ranks):
         rows = slice(ROWS * r, ROWS * r + ROWS)
         for g, w in zip(got, want):
             torch.testing.assert_close(g[0], w[0], rtol=1e-12, atol=1e-14)
@@ -69,18 +55,13 @@ def test_distributed_equals_global_batch(tmp_path):
                 torch.testing.assert_close(gg, ww[rows], rtol=1e-10, atol=1e-13)
 
 
-def _method_worker(rank, port, out_dir):
+def _method_worker(rank):
     from dataclasses import replace
 
     from pytransfer.methods.lautum import LautumConfig, digits_task, run_one
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     cfg = replace(LautumConfig(), pre_steps=3, post_steps=3, eval_every=3, batch=32)
-    recs = [run_one(m, 50, 0, digits_task(), cfg).record for m in ("lautum", "te")]
-    torch.save(recs, os.path.join(out_dir, f"m{rank}.pt"))
-    dist.destroy_process_group()
+    return [run_one(m, 50, 0, digits_task(), cfg).record for m in ("lautum", "te")]
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
@@ -91,11 +72,11 @@ def test_lautum_and_te_training_equal_one_process(tmp_path):
 
     from pytransfer.methods.lautum import LautumConfig, digits_task, run_one
 
-    mp.spawn(_method_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
+    ranks = run_gloo(_method_worker, WORLD, tmp_path)
     cfg = replace(LautumConfig(), pre_steps=3, post_steps=3, eval_every=3, batch=32)
     want = [run_one(m, 50, 0, digits_task(), cfg).record for m in ("lautum", "te")]
-    for r in range(WORLD):
-        for got, ref in zip(torch.load(tmp_path / f"m{r}.pt"), want):
+    for recs in ranks:
+        for got, ref in zip(recs, want):
             assert got["test_acc"] == pytest.approx(ref["test_acc"], abs=1e-9)
             for g, w in zip(got["curve"], ref["curve"]):
                 assert g.keys() == w.keys()

@@ -4,8 +4,10 @@ global-batch term under DDP, resume; ``pytransfer lautum`` user errors and run f
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -131,3 +133,118 @@ def test_cli_run_folder_report_and_refusal(tmp_path):
     assert [(r["method"], r["labels"], r["seed"]) for r in runs] == [("lautum", 50, 0)]
     again = runner.invoke(app, [*CLI, "--method", "lautum", "--out", str(out)])
     assert again.exit_code == 2 and "not empty" in again.output
+
+
+# ------------------------------------------------------------- --data/--target specs
+def _idx(arr: np.ndarray) -> bytes:
+    return bytes([0, 0, 0x08, arr.ndim]) + struct.pack(f">{arr.ndim}I", *arr.shape) + \
+        arr.tobytes()
+
+
+def _spec_files(root, n_src=6, n_tgt=8, hw=8):
+    """A fake MNIST (IDX, train + t10k) and a notMNIST-style letters A-J PNG tree, 8x8 grey;
+    every image unique (pixel 0 its number, pixel 1 marks source 100 / target 200)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(10, dtype=np.uint8), n_src)
+    x = rng.integers(0, 256, size=(len(y), hw, hw), dtype=np.uint8)
+    x[:, 0, 0], x[:, 0, 1] = np.arange(len(y)), 100
+    mnist = root / "mnist"
+    mnist.mkdir()
+    for part, sl in (("train", slice(0, 40)), ("t10k", slice(40, None))):
+        (mnist / f"{part}-images-idx3-ubyte").write_bytes(_idx(x[sl]))
+        (mnist / f"{part}-labels-idx1-ubyte").write_bytes(_idx(y[sl]))
+    letters = root / "letters"
+    k = 0
+    for c in "ABCDEFGHIJ":
+        (letters / c).mkdir(parents=True)
+        for i in range(n_tgt):
+            img = rng.integers(0, 256, size=(hw, hw), dtype=np.uint8)
+            img[0, 0], img[0, 1] = k, 200
+            Image.fromarray(img, mode="L").save(letters / c / f"{i}.png")
+            k += 1
+    return f"mnist:{mnist}", f"folder:{letters}"
+
+
+def test_spec_task_holds_out_a_test_split(tmp_path):
+    src, tgt = _spec_files(tmp_path)
+    task = method.spec_task(src, tgt)
+    assert (task.num_source, task.num_target, task.image_shape) == (10, 10, (8, 8))
+    assert task.xs.shape == (60, 64) and len(task.x_train) + len(task.x_test) == 80
+    assert torch.bincount(task.y_test).tolist() == [2] * 10  # a quarter of each class
+    ids = lambda x: set((x[:, 0] * 255).round().int().tolist())  # noqa: E731
+    assert not ids(task.x_train) & ids(task.x_test)
+    assert method.spec_task(src, tgt).x_test.equal(task.x_test)  # fixed for every run
+    lab = split_labels(task, 10, 0)
+    assert ids(lab.x_all) == ids(task.x_train)
+
+
+def test_cli_source_target_specs_train_without_the_test_split(tmp_path):
+    """A run of every method on MNIST -> letters: the first layer never sees a test image
+    while gradients are on, and evaluates every test image."""
+    src, tgt = _spec_files(tmp_path)
+    test_rows = method.spec_task(src, tgt).x_test
+    seen = {True: [], False: []}
+
+    def hook(module, args):
+        if isinstance(module, torch.nn.Linear) and module.in_features == 64:
+            seen[torch.is_grad_enabled()].append(args[0].detach().reshape(-1, 64))
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        res = runner.invoke(app, ["lautum", "--data", src, "--target", tgt, "--labels", "10",
+                                  "--seeds", "1", "--pre-steps", "2", "--post-steps", "2",
+                                  "--out", str(tmp_path / "run")])
+    finally:
+        handle.remove()
+    assert res.exit_code == 0, res.output
+    runs = json.loads((tmp_path / "run" / "results.json").read_text())["runs"]
+    assert sorted(r["method"] for r in runs) == sorted(METHODS)
+
+    def hits(rows):
+        rows = torch.cat(rows)
+        return (rows[:, None, :] == test_rows[None]).all(-1).any(0)
+    assert len(seen[True]) > 10 and not hits(seen[True]).any()
+    assert hits(seen[False]).all()
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--data", "digits", "--target", "folder:x"], "--target needs a source"),
+    (["--data", "mnist:/nonexistent"], "--target"),
+    (["--data", "mnist:/nonexistent", "--target", "folder:/nonexistent"], "no such file"),
+])
+def test_cli_spec_errors_exit_2(args, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    res = runner.invoke(app, [*CLI, *args])
+    assert res.exit_code == 2, res.output
+    assert needle in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_spec_shape_mismatch_exits_2(tmp_path):
+    src, _ = _spec_files(tmp_path)
+    from PIL import Image
+
+    (tmp_path / "big" / "A").mkdir(parents=True)
+    Image.new("L", (5, 5)).save(tmp_path / "big" / "A" / "0.png")
+    res = runner.invoke(app, [*CLI, "--data", src, "--target", f"folder:{tmp_path / 'big'}"])
+    assert res.exit_code == 2 and "must match" in res.output, res.output
+
+
+def test_cifar_specs_default_to_classes_0_9_and_cifar_label_counts(tmp_path):
+    import pickle
+
+    rng = np.random.default_rng(0)
+    for folder, name, key, k in (("c10", "data_batch_1", b"labels", 10),
+                                 ("c100", "train", b"fine_labels", 20)):
+        (tmp_path / folder).mkdir()
+        labels = [c for c in range(k) for _ in range(8)]
+        batch = {b"data": rng.integers(0, 256, size=(len(labels), 3072), dtype=np.uint8),
+                 key: labels}
+        (tmp_path / folder / name).write_bytes(pickle.dumps(batch, protocol=2))
+    src, tgt = f"cifar10:{tmp_path / 'c10'}", f"cifar100:{tmp_path / 'c100'}"
+    task = method.spec_task(src, tgt)
+    assert (task.num_target, task.image_shape) == (10, (3, 32, 32))
+    assert len(task.x_test) == 20 and len(task.x_train) == 60 and task.x_train.shape[1] == 3072
+    res = runner.invoke(app, ["lautum", "--source", src, "--target", tgt, "--seeds", "1"])
+    assert res.exit_code == 2 and "labels=100 needs 10 per class" in res.output, res.output

@@ -1,6 +1,7 @@
 """The layout rules: op packages import no CLI, plotting or training code (checked in fresh
 interpreters and in their source, function bodies included); no library module outside
-``pytransfer/cli`` calls ``matplotlib.use`` or ``torch.set_num_threads``."""
+``pytransfer/cli`` (and the bench harness's ``threads`` context, which restores the count) calls
+``matplotlib.use`` or ``torch.set_num_threads``."""
 
 import ast
 import json
@@ -78,8 +79,9 @@ def test_op_package_source_imports_nothing_forbidden(pkg):
 def test_no_library_module_sets_backend_or_threads():
     offenders = {}
     for path in _sources():
-        if "cli" in path.relative_to(ROOT).parts[:1]:
-            continue
+        if path.relative_to(ROOT).parts[0] == "cli" or \
+                path.relative_to(ROOT) == Path("bench", "timing.py"):
+            continue  # the commands; the bench harness's --threads context (it restores them)
         calls = _banned_calls(ast.parse(path.read_text()))
         if calls:
             offenders[str(path.relative_to(ROOT.parent))] = calls

@@ -1,13 +1,10 @@
 """MKMMDLoss(distributed=True) on 2 gloo processes equals the single-process loss on the
 concatenated batch: values and gradients w.r.t. every rank's rows."""
 
-import os
-import socket
-
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo import run_gloo
 
 from pytransfer.mmd import gaussian_kernels
 from pytransfer.nn.mmd_loss import MKMMDLoss
@@ -23,10 +20,7 @@ def _batch():
             torch.randn(12, 3, generator=gen, dtype=torch.float64) + 0.5)
 
 
-def _worker(rank, port, out_dir):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+def _worker(rank):
     xs, xt = _batch()
     rows = slice(6 * rank, 6 * rank + 6)
     results = []
@@ -36,20 +30,12 @@ def _worker(rank, port, out_dir):
         value = loss(x, y)
         value.backward()
         results.append((value.detach(), x.grad, y.grad))
-    torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    dist.destroy_process_group()
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return results
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not built")
 def test_distributed_equals_global_batch(tmp_path):
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path)), nprocs=WORLD, join=True)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(WORLD)]
+    ranks = run_gloo(_worker, WORLD, tmp_path)
     xs, xt = _batch()
     for k, cfg in enumerate(CONFIGS):
         x, y = xs.clone().requires_grad_(True), xt.clone().requires_grad_(True)

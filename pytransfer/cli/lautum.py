@@ -40,8 +40,16 @@ def parse_labels(text: str, num_target: int) -> tuple[int, ...]:
 
 
 def lautum(
-    data: str = typer.Option("digits", help="digits (embedded: 0-4 -> 5-9)"),
-    labels: str = typer.Option("50,100,200", help="labelled target samples in total, a list"),
+    data: str = typer.Option("digits", "--data", "--source",
+                             help="digits (embedded: 0-4 -> 5-9, no --target), or the source "
+                                  "data spec: mnist:PATH | cifar10:PATH | folder:PATH[:HxW] | "
+                                  "cifar100:PATH[:classes]"),
+    target: str = typer.Option(None, help="the target data spec when --data is not digits, "
+                                          "e.g. folder:notMNIST_small or cifar100:PATH "
+                                          "(default classes 0-9); a quarter of each class is "
+                                          "held out as the test split"),
+    labels: str = typer.Option(None, help="labelled target samples in total, a list "
+                                          "(default 50,100,200; 100,200,500 for cifar100)"),
     seeds: int = typer.Option(3, help="runs per method and label count (seeds 0..N-1)"),
     method: Method = typer.Option(Method.all, help="one method, or all four"),
     pre_steps: int = typer.Option(600, help="pre-transfer steps (source + regulariser)"),
@@ -61,14 +69,28 @@ def lautum(
     import torch
 
     from pytransfer.methods._trainer import init_distributed, resolve_run_dir
-    from pytransfer.methods.lautum import METHODS, LautumConfig, digits_task, split_labels
+    from pytransfer.methods.lautum import (
+        METHODS,
+        LautumConfig,
+        digits_task,
+        spec_task,
+        split_labels,
+    )
 
     os.environ.setdefault("MPLBACKEND", "Agg")  # plots are files
     with user_errors():
-        if data != "digits":
-            raise ValueError(f"--data {data!r}: this build trains only on 'digits' (MNIST -> "
-                             f"notMNIST and CIFAR-10 -> CIFAR-100 need the data readers)")
-        task = digits_task()
+        if data.strip() == "digits":
+            if target is not None:
+                raise ValueError("--target needs a source spec in --data (digits holds both)")
+            task = digits_task()
+        elif target is None:
+            raise ValueError(f"--data {data!r} is the source: give the target with --target "
+                             "SPEC")
+        else:
+            task = spec_task(data, target)
+        if labels is None:
+            cifar = target is not None and target.strip().startswith("cifar100:")
+            labels = "100,200,500" if cifar else "50,100,200"
         label_counts = parse_labels(labels, task.num_target)
         if seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {seeds}")

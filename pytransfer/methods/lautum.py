@@ -90,6 +90,38 @@ def digits_task(test_fraction: float = 1 / 3, split_seed: int = 0) -> TransferDa
                         x[test], y[test] - 5, 5, 5, (8, 8))
 
 
+def spec_task(source: str, target: str, test_fraction: float = 0.25,
+              split_seed: int = 0) -> TransferData:
+    """Source and target from ``--data`` spec strings (:func:`pytransfer.data.load_spec`),
+    e.g. ``mnist:PATH`` -> ``folder:PATH`` (notMNIST letters A-J) or ``cifar10:PATH`` ->
+    ``cifar100:PATH[:classes]`` (a CIFAR-100 target without a class list keeps
+    :data:`CIFAR100_CLASSES`). The whole source set trains; the target is split per class
+    into a held-out test part (``test_fraction``, drawn with ``split_seed`` by
+    :func:`pytransfer.data.split`, the same for every run) and the train split. Source and
+    target images must have one shape (a folder spec can resize: ``folder:PATH:28x28``)."""
+    from pytransfer.data import load_spec, split
+
+    src, tgt = load_spec(source), load_spec(target)
+    if target.strip().startswith("cifar100:") and len(tgt.classes) == 100:
+        tgt = tgt.select_classes(list(CIFAR100_CLASSES))
+    if src.x.shape[1:] != tgt.x.shape[1:]:
+        raise ValueError(f"source {source!r} has inputs of shape {tuple(src.x.shape[1:])}, "
+                         f"target {target!r} {tuple(tgt.x.shape[1:])}: they must match (resize "
+                         "a folder with folder:PATH:HxW)")
+    parts = split(tgt, 1, test=test_fraction, seed=split_seed)  # only its test part is used
+    train = torch.cat([parts.labelled.y, parts.unlabelled.y])
+    x_train = torch.cat([parts.labelled.x, parts.unlabelled.x])
+    shape = tuple(src.x.shape[1:])
+    if len(shape) != 3:
+        raise ValueError(f"source {source!r} holds features of shape {shape}, not images "
+                         "(C, H, W): Temporal Ensembling's augmentation needs images")
+    image_shape = shape[1:] if len(shape) == 3 and shape[0] == 1 else shape
+    name = f"{source} -> {target}"
+    return TransferData(name, src.x.flatten(1), src.y, x_train.flatten(1), train,
+                        parts.test.x.flatten(1), parts.test.y, len(src.classes),
+                        len(tgt.classes), image_shape)
+
+
 def split_labels(data: TransferData, labels: int, seed: int) -> LabelSplit:
     """``labels`` labelled target samples in total (labels / num_target per class, drawn with
     ``seed``); the rest of the target train split is unlabelled."""
@@ -196,7 +228,9 @@ def pre_step(method: str, model: Net, data: TransferData, split: LabelSplit,
             info = _global_term(-lautum(xu, model.features(xu)), ctx.world)
             metrics["lautum"] = info
             return ce - cfg.lam * info, metrics
-        d2 = _global_term(mmd(model.features(data.xs[b.idx]), model.features(xu)), ctx.world)
+        k = min(len(b.idx), len(xu))  # the linear estimator pairs rows (a small set's batch)
+        d2 = _global_term(mmd(model.features(data.xs[b.idx[:k]]), model.features(xu[:k])),
+                          ctx.world)
         metrics["mk_mmd"] = d2
         return ce + cfg.mmd_weight * d2, metrics
 
