@@ -34,11 +34,16 @@ import pytest
 import torch
 
 from bench.common import pin_one_thread
+from pytransfer.bench.losses import (
+    hscore_workload,
+    mmd_workload,
+    ot_inputs,
+    ot_workload,
+)
 from pytransfer.bench.sinkhorn import EPS, ITERS
 from pytransfer.bench.sinkhorn import plain_scaling_loop as _plain_scaling_loop
 from pytransfer.bench.sinkhorn import problem as sinkhorn_problem
-from pytransfer.mmd import gaussian_kernels
-from pytransfer.nn import HScore, MKMMDLoss, OTLoss
+from pytransfer.nn import OTLoss
 from pytransfer.ot import sinkhorn
 
 OT_EPS, OT_ITERS = 0.1, 100
@@ -50,54 +55,6 @@ U = 19
 
 
 # ------------------------------------------------------------------ OTLoss
-def ot_inputs(B: int, n: int, m: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    ls = torch.randn(B, n, generator=gen)
-    lt = torch.randn(B, m, generator=gen)
-    cost = torch.rand(n, m, generator=gen)
-    return ls, lt, cost / cost.max()
-
-
-def handwritten_ot_loss(cost: torch.Tensor, eps: float = OT_EPS, iters: int = OT_ITERS):
-    """What a user writes: scaling-form Sinkhorn under no_grad, then eq. 11's gradient
-    (the centred dual potential f = eps log u, divided by B for the mean) to autograd."""
-    K = torch.exp(-cost / eps)
-    Kt, KC = K.t().contiguous(), (K * cost).t().contiguous()
-
-    def loss(ps: torch.Tensor, pt: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            v = torch.ones_like(pt)
-            for _ in range(iters):
-                u = ps / (v @ Kt)
-                v = pt / (u @ K)
-            value = (u * (v @ KC)).sum(-1).mean()
-            f = eps * torch.log(u)
-            grad = (f - f.mean(-1, keepdim=True)) / ps.shape[0]
-        torch.autograd.backward(ps, grad)
-        return value
-    return loss
-
-
-def ot_workload(B: int, n: int, m: int) -> dict:
-    """{"ours", "hand-written"}: forward + backward to the logits; each returns
-    (loss value, gradient of the source logits)."""
-    ls, lt, cost = ot_inputs(B, n, m)
-    ours_loss = OTLoss(cost, eps=OT_EPS, max_iter=OT_ITERS, tol=0.0)
-    hand_loss = handwritten_ot_loss(cost)
-
-    def ours():
-        x = ls.detach().requires_grad_(True)
-        loss = ours_loss(x.softmax(-1), lt.softmax(-1))
-        loss.backward()
-        return loss.detach(), x.grad
-
-    def hand():
-        x = ls.detach().requires_grad_(True)
-        value = hand_loss(x.softmax(-1), lt.softmax(-1))
-        return value, x.grad
-    return {"ours": ours, "hand-written": hand}
-
-
 def overhead_workload() -> dict:
     """A whole OTLoss call at B=1, 2x2 (forward + backward) and the bare loop it wraps."""
     return ot_workload(1, 2, 2)
@@ -174,63 +131,6 @@ def log_kernel_workload(B: int) -> dict:
 
 
 # ------------------------------------------------------------------ MK-MMD
-def mmd_inputs(n: int, d: int, seed: int = 0):
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=gen), torch.randn(n, d, generator=gen) * 1.2 + 0.3
-
-
-def handwritten_mk_mmd(xs: torch.Tensor, xt: torch.Tensor, multipliers) -> torch.Tensor:
-    """Linear MK-MMD (JTLN eq. 14) in O(n d) torch: quad-tuple distances, one bandwidth (the
-    pooled mean pairwise squared distance, detached) times each multiplier, uniform weights."""
-    x = torch.cat([xs, xt]).detach()
-    N = x.shape[0]
-    base = 2 * (x - x.mean(0)).square().sum() / (N - 1)
-    gammas = 1 / (2 * torch.tensor(multipliers, dtype=xs.dtype) * base)
-    s1, s2, t1, t2 = xs[0::2], xs[1::2], xt[0::2], xt[1::2]
-    d = torch.stack([(s1 - s2).square().sum(1), (t1 - t2).square().sum(1),
-                     (s1 - t2).square().sum(1), (s2 - t1).square().sum(1)])  # (4, P)
-    k = torch.exp(-gammas[:, None, None] * d)  # (U, 4, P)
-    return (k[:, 0] + k[:, 1] - k[:, 2] - k[:, 3]).mean(-1).mean()
-
-
-def mmd_workload(n: int, d: int) -> dict:
-    """{"ours", "hand-written"}: forward + backward; each returns (value, grad of xs)."""
-    xs, xt = mmd_inputs(n, d)
-    loss = MKMMDLoss()
-    mult = gaussian_kernels(U).multipliers
-
-    def run(fn):
-        def call():
-            x, y = xs.detach().requires_grad_(True), xt.detach().requires_grad_(True)
-            out = fn(x, y)
-            out.backward()
-            return out.detach(), x.grad
-        return call
-    return {"ours": run(loss), "hand-written": run(lambda x, y: handwritten_mk_mmd(x, y, mult))}
-
-
-# ------------------------------------------------------------------ H-score
-def handwritten_soft_hgr(f: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    f, g = f - f.mean(0), g - g.mean(0)
-    n = f.shape[0]
-    return -((f * g).sum() / n - 0.5 * ((f.T @ f) * (g.T @ g)).sum() / n**2)
-
-
-def hscore_workload(n: int = 256, k: int = 64) -> dict:
-    gen = torch.Generator().manual_seed(0)
-    f0, g0 = torch.randn(n, k, generator=gen), torch.randn(n, k, generator=gen)
-    loss = HScore()
-
-    def run(fn):
-        def call():
-            f = f0.detach().requires_grad_(True)
-            out = fn(f, g0)
-            out.backward()
-            return out.detach(), f.grad
-        return call
-    return {"ours": run(loss), "hand-written": run(handwritten_soft_hgr)}
-
-
 # ------------------------------------------------------------------ the losses table
 TABLE_ROWS = {
     "OTLoss B=128 5x5": lambda: ot_workload(128, 5, 5),
