@@ -108,7 +108,8 @@ class OTLoss(torch.nn.Module):
         # (not through Module.__setattr__: a plain attribute, set on every call)
         vars(self)["last_result"] = type(res)(
             *(x.detach() if x is not None and x.requires_grad else x for x in res))
-        if not self._warned and not bool(res.converged.all()):
+        # tol=0 asks for exactly max_iter iterations: nothing to warn about
+        if self.tol > 0 and not self._warned and not bool(res.converged.all()):
             self._warned = True
             warnings.warn(f"OTLoss: {int((~res.converged).sum())} of {res.converged.numel()} "
                           f"Sinkhorn problems did not converge in max_iter={self.max_iter} "
