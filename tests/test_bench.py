@@ -11,6 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import pytransfer.bench as pb
+from pytransfer import _ext
 from pytransfer.bench import Impl, Target, Work, Workload
 from pytransfer.bench.readme import END, START, rewrite, section
 from pytransfer.bench.roofline import attainment
@@ -97,6 +98,24 @@ def test_relative_error_and_attainment():
     got = attainment(Work(flops=1e9, bytes=1e9), 2.0, PEAKS)
     assert got["bound"] == "memory" and got["fraction"] == pytest.approx(0.5)
     assert attainment(Work(exps=4e9), 8.0, PEAKS)["bound"] == "exp"
+
+
+@pytest.mark.skipif(_ext.unavailable() is not None, reason="no compiled extension")
+@pytest.mark.parametrize(("dtype", "rtol"), [(torch.float32, 2e-7), (torch.float64, 1e-15)])
+def test_kernels_exp_is_exp_and_in_the_exp_peak(monkeypatch, dtype, rtol):
+    """The kernels' own exp (the exp ceiling's second probe) against numpy's, at both dtypes
+    and across the range it does not clamp; the peak is the faster of the two probes."""
+    from pytransfer.bench import roofline
+
+    for name in ("EXP_ELEMENTS", "VEXP_ELEMENTS", "COPY_ELEMENTS"):
+        monkeypatch.setattr(roofline, name, 1 << 10)
+    monkeypatch.setattr(roofline, "GEMM_SIZE", 16)
+
+    x = torch.linspace(-80, 80, 1001, dtype=dtype)
+    want = np.exp(x.double().numpy())
+    np.testing.assert_allclose(roofline.vexp(x, 2).double().numpy(), want, rtol=4 * rtol)
+    peaks = roofline.measure("cpu", rounds=1)
+    assert peaks["exp_per_s"] == max(peaks["exp_torch_per_s"], peaks["exp_vexp_per_s"])
 
 
 def _fake_workload(target: float = 1e9) -> Workload:
@@ -244,3 +263,34 @@ def test_lautum_gradient_finite_where_the_anchor_is_not():
     assert gradient_finite(lambda a, b: gaussian_lautum(a, b, ridge=1e-4), nu, nv) == 1.0
     assert gradient_finite(anchor_cca_lautum, nu, nv) == 0.0
     assert anchor_gradient_error() > 1e-3  # finite but wrong where eigenvalues nearly tie
+
+
+def test_scaling_plot_ticks_and_legends_clear_of_each_other():
+    """The OTLoss sizes of a quick run (a factor 4 apart at the top, six-digit numbers): no two
+    x tick labels overlap, and no legend covers the plotting area."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pytransfer.bench.plots import scaling_figure
+
+    labels = ["ours", "hand-written", "a much longer anchor name (with a reason)"]
+    recs = [{"family": fam, "size": s, "size_name": "B*n*m", "subject": "ours",
+             "anchors": labels[1:], "times_s": {k: s * (i + 1) * 1e-8 for i, k in
+                                                enumerate(labels)}}
+            for fam in ("OTLoss", "other") for s in (4, 3200, 219648, 878592)]
+    fig = scaling_figure("losses", recs)
+    fig.canvas.draw()
+    r = fig.canvas.get_renderer()
+    axes = [ax for ax in fig.axes if ax.get_visible() and ax.lines]
+    assert len(axes) == 2
+    for ax in axes:
+        ticks = [t.get_window_extent(r) for t in ax.get_xticklabels() if t.get_text()]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["4", "3200", "220k", "879k"]
+        assert not any(a.overlaps(b) for i, a in enumerate(ticks) for b in ticks[i + 1:])
+        legend = ax.get_legend().get_window_extent(r)
+        assert not legend.overlaps(ax.get_window_extent(r))
+        assert not any(legend.overlaps(t) for t in ticks)
+        assert not legend.overlaps(ax.xaxis.label.get_window_extent(r))
+    plt.close(fig)

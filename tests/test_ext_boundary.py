@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pytransfer import _ext
+from pytransfer.bench import roofline
 from pytransfer.free_energy import _ops as gibbs_ops
 from pytransfer.free_energy.reference import gibbs_moments_reference, gibbs_weights_reference
 from pytransfer.mmd import _ops as mmd_ops
@@ -262,6 +263,12 @@ def _gibbs_moments_bwd():
     return got, want
 
 
+def _exp_throughput():
+    x = torch.randn(3, 7, dtype=torch.float64, generator=_gen(7)) * 5
+    got = roofline.vexp(_strided(x), 3)  # three passes, the same result
+    return got, torch.exp(x).flatten()
+
+
 BINDINGS = {
     "sinkhorn_log": _sinkhorn_log, "sinkhorn_block": _sinkhorn_scaling,
     "sinkhorn_check": _sinkhorn_check, "points_solve": _points_solve,
@@ -270,6 +277,7 @@ BINDINGS = {
     "mmd_linear_bwd": _mmd_linear_bwd, "mmd_tile": _mmd_tile, "mmd_moments": _mmd_moments,
     "gibbs_weights_fwd": _gibbs_weights_fwd, "gibbs_weights_bwd": _gibbs_weights_bwd,
     "gibbs_moments_fwd": _gibbs_moments_fwd, "gibbs_moments_bwd": _gibbs_moments_bwd,
+    "exp_throughput": _exp_throughput,
 }
 
 

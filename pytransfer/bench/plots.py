@@ -10,51 +10,74 @@ from pathlib import Path
 BOUND_COLOURS = {"exp": "tab:orange", "GEMM": "tab:blue", "memory": "tab:green"}
 
 
+def _compact(x: float) -> str:
+    """A tick label short enough that neighbours a factor 3 apart do not overlap: 3200,
+    220k, 8.8M."""
+    for above, unit, suffix in ((1e9, 1e9, "G"), (1e6, 1e6, "M"), (1e4, 1e3, "k")):
+        if x >= above:
+            return f"{x / unit:.3g}{suffix}"
+    return f"{x:g}"
+
+
 def scaling(records: list[dict], out: Path) -> list[Path]:
-    """One PNG per op, ``scaling_<op>.png``: log-log time against problem size, one panel per
-    family, one line per implementation (the subject drawn thick)."""
+    """One PNG per op, ``scaling_<op>.png`` (see :func:`scaling_figure`)."""
     import matplotlib.pyplot as plt
-    from matplotlib.ticker import NullFormatter
 
     paths = []
-    by_op: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    by_op: dict[str, list[dict]] = defaultdict(list)
     for r in records:
-        by_op[r["op"]][r["family"]].append(r)
-    for op, families in by_op.items():
-        n = len(families)
-        cols = min(n, 3)
-        rows = math.ceil(n / cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.2 * rows), squeeze=False)
-        for ax, (family, recs) in zip(axes.flat, families.items()):
-            recs = sorted(recs, key=lambda r: r["size"])
-            labels = list(dict.fromkeys(k for r in recs for k in r["times_s"]))
-            for label in labels:
-                pts = [(r["size"], r["times_s"][label]) for r in recs if label in r["times_s"]]
-                subject = label == recs[0]["subject"]
-                ax.plot(*zip(*pts), marker="o", lw=2.8 if subject else 1.3,
-                        ls="-" if subject or label in recs[0]["anchors"] else "--",
-                        label=label + (" (subject)" if subject else ""))
-            ax.set_xscale("log")
-            ax.set_yscale("log")
-            sizes = [r["size"] for r in recs]
-            ax.set_xticks(sizes, [f"{x:g}" for x in sizes])
-            ax.xaxis.set_minor_formatter(NullFormatter())
-            if len(sizes) == 1:
-                ax.set_xlim(sizes[0] / 2, sizes[0] * 2)
-            ax.set_xlabel(recs[0]["size_name"])
-            ax.set_ylabel("time (s)")
-            ax.set_title(family, fontsize=10)
-            ax.grid(True, which="both", alpha=0.3)
-            ax.legend(fontsize=7, loc="best")
-        for ax in list(axes.flat)[n:]:
-            ax.axis("off")
-        fig.suptitle(f"{op}: time against problem size (log-log)")
-        fig.tight_layout()
+        by_op[r["op"]].append(r)
+    for op, recs in by_op.items():
+        fig = scaling_figure(op, recs)
         path = out / f"scaling_{op}.png"
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def scaling_figure(op: str, records: list[dict]):
+    """Log-log time against problem size for one op: one panel per family, one line per
+    implementation (the subject drawn thick), the sizes as x ticks and each panel's legend
+    below it, clear of the data."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter, NullLocator
+
+    families: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        families[r["family"]].append(r)
+    n = len(families)
+    cols = min(n, 3)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 4.8 * rows), squeeze=False,
+                             layout="constrained")
+    for ax, (family, recs) in zip(axes.flat, families.items()):
+        recs = sorted(recs, key=lambda r: r["size"])
+        labels = list(dict.fromkeys(k for r in recs for k in r["times_s"]))
+        for label in labels:
+            pts = [(r["size"], r["times_s"][label]) for r in recs if label in r["times_s"]]
+            subject = label == recs[0]["subject"]
+            ax.plot(*zip(*pts), marker="o", lw=2.8 if subject else 1.3,
+                    ls="-" if subject or label in recs[0]["anchors"] else "--",
+                    label=label + (" (subject)" if subject else ""))
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        sizes = [r["size"] for r in recs]
+        ax.set_xticks(sizes, [_compact(x) for x in sizes])
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        if len(sizes) == 1:
+            ax.set_xlim(sizes[0] / 2, sizes[0] * 2)
+        ax.set_xlabel(recs[0]["size_name"])
+        ax.set_ylabel("time (s)")
+        ax.set_title(family, fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncols=2,
+                  frameon=False)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.suptitle(f"{op}: time against problem size (log-log)")
+    return fig
 
 
 def _largest(records: list[dict]) -> list[dict]:
@@ -75,7 +98,7 @@ def roofline(records: list[dict], peaks: dict[str, float], out: Path) -> Path | 
     recs = _largest(records)
     if not recs:
         return None
-    fig, (left, right) = plt.subplots(1, 2, figsize=(14, max(4.5, 0.34 * len(recs) + 1.5)),
+    fig, (left, right) = plt.subplots(1, 2, figsize=(15, max(4.5, 0.34 * len(recs) + 1.5)),
                                       gridspec_kw={"width_ratios": [1, 1.15]})
     flops, bw = peaks["flop_per_s"] / 1e9, peaks["bytes_per_s"] / 1e9
     found = [r["roofline"]["intensity"] for r in recs if r["roofline"]["intensity"]]
@@ -85,24 +108,29 @@ def roofline(records: list[dict], peaks: dict[str, float], out: Path) -> Path | 
     xs = [10 ** (lo + k * (hi - lo) / 100) for k in range(101)]
     left.plot(xs, [min(flops, bw * x) for x in xs], color="k", lw=2,
               label=f"roofline: {flops:.1f} GFLOP/s GEMM, {bw:.1f} GB/s copy")
-    for r in recs:
+    notes = []  # each point is labelled with its bar's number on the right
+    for i, r in enumerate(recs, 1):
         rl = r["roofline"]
         if rl["intensity"] and rl["flop_per_s"]:
             left.scatter(rl["intensity"], rl["flop_per_s"] / 1e9, s=40,
                          color=BOUND_COLOURS[rl["bound"]], zorder=3)
-            left.annotate(f"{r['op']}: {r['family']}", (rl["intensity"], rl["flop_per_s"] / 1e9),
-                          fontsize=6.5, xytext=(4, 3), textcoords="offset points")
+            notes.append(left.annotate(str(i), (rl["intensity"], rl["flop_per_s"] / 1e9),
+                                       fontsize=7.5, xytext=(5, 2), textcoords="offset points"))
     left.set_xscale("log")
     left.set_yscale("log")
     left.set_xlabel("arithmetic intensity (flop / byte)")
     left.set_ylabel("achieved GFLOP/s")
-    left.set_title(f"exp ceiling (not drawn): {peaks['exp_per_s'] / 1e9:.2f} G exp/s",
+    vexp = peaks.get("exp_vexp_per_s", 0.0) >= peaks["exp_per_s"]
+    left.set_title(f"exp ceiling (not drawn): {peaks['exp_per_s'] / 1e9:.2f} G exp/s, "
+                   + ("the kernels' vectorised exp" if vexp else "torch.exp")
+                   + (f" (torch.exp {peaks['exp_torch_per_s'] / 1e9:.2f})" if vexp else ""),
                    fontsize=9)
     left.grid(True, which="both", alpha=0.3)
     for bound, colour in BOUND_COLOURS.items():
         left.scatter([], [], color=colour, label=f"bound: {bound}")
     left.legend(fontsize=7, loc="lower right")
-    names = [f"{r['op']}: {r['family']}, {r['size_name']}={r['size']:g}" for r in recs]
+    names = [f"{r['op']}: {r['family']}, {r['size_name']}={r['size']:g}  ({i})"
+             for i, r in enumerate(recs, 1)]
     fracs = [r["roofline"]["fraction"] for r in recs]
     right.barh(range(len(recs)), [100 * f for f in fracs],
                color=[BOUND_COLOURS[r["roofline"]["bound"]] for r in recs])
@@ -113,11 +141,31 @@ def roofline(records: list[dict], peaks: dict[str, float], out: Path) -> Path | 
     right.set_xlabel("achieved fraction of the bound that applies (%)")
     right.set_xlim(0, max(100, 115 * max(fracs)))
     right.set_title("subject kernel, largest size of each family", fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(w_pad=3)
+    _unclash(fig, notes)
     path = out / "roofline.png"
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _unclash(fig, notes: list) -> None:
+    """Move point labels down, one line at a time, until none overlaps an earlier one or a
+    point."""
+    from matplotlib.transforms import Bbox
+
+    renderer = fig.canvas.get_renderer()
+    r = 3.5 * fig.dpi / 72  # a marker's radius (s=40: about 3.2 points)
+    placed = [Bbox.from_extents(x - r, y - r, x + r, y + r)
+              for x, y in (n.axes.transData.transform(n.xy) for n in notes)]
+    for note in notes:
+        for _ in range(len(notes)):
+            box = note.get_window_extent(renderer)
+            if not any(box.overlaps(p) for p in placed):
+                break
+            dx, dy = note.xyann
+            note.xyann = (dx, dy - 8)
+        placed.append(note.get_window_extent(renderer))
 
 
 def ratios(records: list[dict], out: Path) -> Path | None:
