@@ -212,6 +212,10 @@ def test_readme_section_is_rewritten_between_markers(tmp_path):
               "records": [rec]}
     text = section(result, "bench/reference/x.json")
     assert "Test CPU (2 cores), 1 thread(s)" in text and "**noisy**" in text
+    assert "1.00 G exp/s (torch.exp)" in text  # a results file from before the exp probe
+    vexp = {**PEAKS, "exp_torch_per_s": 0.4e9, "exp_vexp_per_s": 1e9}
+    assert "1.00 G exp/s (float32, the kernels' own vectorised exp; torch.exp 0.40)" in \
+        section({**result, "peaks": vexp}, "x.json")
     assert "| fake | fake, n=8 (test) | ours | anchor |" in text and "≥ 1e-09× ✓" in text
     assert "- lautum (op): no module" in text
     assert "- absent (fake: fake, n=8): not installed here" in text
