@@ -172,7 +172,10 @@ def test_transfer_rules_hold_to_first_order(rule, interpolation):
 
 
 def test_ot_transfer_keeps_C_on_a_near_target():
-    """A seeded transfer to a slightly perturbed copy of the source: C within 5% throughout."""
+    """A seeded transfer to a slightly perturbed copy of the source: C within 10% throughout.
+    Measured worst drifts over equilibration seeds 0-3: 2.8-9.2% (trainer batches), 1.7-6.6%
+    (the former draws with replacement), mostly in the first Euler step; the old 5% bound held
+    for its seed 0 only."""
     from pytransfer.data import digits_transfer
 
     d = digits_transfer(dtype=DT)
@@ -189,4 +192,4 @@ def test_ot_transfer_keeps_C_on_a_near_target():
     C0 = recs[0]["C"]
     assert [r["t"] for r in recs] == pytest.approx([0, 0.25, 0.5, 0.75, 1.0])
     assert recs[-1]["lam"] == pytest.approx(1.0)
-    assert all(abs(r["C"] - C0) <= 0.05 * C0 for r in recs), [r["C"] for r in recs]
+    assert all(abs(r["C"] - C0) <= 0.10 * C0 for r in recs), [r["C"] for r in recs]

@@ -67,9 +67,11 @@ def _model(data, lam: float, gamma: float, quick: bool, seed: int):
 
     torch.manual_seed(seed)
     model = digits_model(latent=3 if quick else 4, hidden=16 if quick else 32).double()
-    with console.status("equilibrating"):
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("equilibrating", total=150 if quick else 600)
         equilibrate(model, data, lam, gamma, steps=150 if quick else 600, lr=1e-2 if quick
-                    else 3e-3, batch_size=128)
+                    else 3e-3, batch_size=128, seed=seed,
+                    progress=lambda step, total, record: bar.update(task, completed=step))
     return model
 
 

@@ -3,7 +3,10 @@ Chaudhari, ICML 2020) on the exact operator of ``pytransfer.free_energy``: iso-c
 (eq. 17-22, 31) and transfer with a changing data distribution (Lemma 9, eq. 23-30, 38).
 
 Every step appends R, D, C, F (eq. 1, 4, 10) and (t, lambda, gamma) to the record (optionally
-a JSONL file) and can checkpoint / resume (model, optimiser and process state)."""
+a JSONL file) and can checkpoint / resume (model, optimiser and process state, in the process's
+own atomic checkpoint: a step is a solve and an Euler move, not an SGD epoch). The optional
+re-equilibrations after each step are :func:`equilibrate` on the shared trainer, reusing the
+process's Adam and seeded from its generator."""
 
 from __future__ import annotations
 
