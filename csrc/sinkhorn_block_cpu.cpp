@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -36,6 +37,16 @@ struct Lanes<double> {
   typedef double V __attribute__((vector_size(64)));
   static constexpr int W = 8;
 };
+
+// Whether any lane of a comparison mask is set: one OR over its 64 bytes, no lane loop.
+template <typename M>
+inline bool any(const M& mask) {
+  uint64_t w[sizeof(M) / 8];
+  std::memcpy(w, &mask, sizeof(M));
+  uint64_t r = 0;
+  for (uint64_t x : w) r |= x;
+  return r != 0;
+}
 
 // out[i] = sum_j M[i, j] x[j] for i < rows; M row-major (rows, len), x and out lane vectors.
 template <typename T, typename V>
@@ -85,20 +96,20 @@ inline void block_product(const T* M, const V* x, int64_t rows, int64_t len, V* 
   }
 }
 
-// x_new = w / den on the support (w > 0), 0 elsewhere; returns the lanes with a supported
-// entry outside [lo, hi] or not finite (all-ones lanes in the mask vector).
-template <typename T, typename V>
-inline V divide(const V* w, const V* den, int64_t len, T lo, T hi, V* x_new) {
-  typedef decltype(w[0] > w[0]) M;
-  M bad = {};
+// x_new = w / den on the support (w > 0), 0 elsewhere; returns whether a lane has a supported
+// entry outside [lo, hi] or not finite, and sets *bad to the mask of those lanes.
+template <typename T, typename V, typename M>
+inline bool divide(const V* w, const V* den, int64_t len, T lo, T hi, V* x_new, M* bad) {
+  M out = {};
   const V zero = {}, one = zero + T(1), vlo = zero + lo, vhi = zero + hi;
   for (int64_t k = 0; k < len; ++k) {
     const M sup = w[k] > zero;
     const V x = sup ? w[k] / (sup ? den[k] : one) : zero;
-    bad |= sup & ~((x >= vlo) & (x <= vhi));
+    out |= sup & ~((x >= vlo) & (x <= vhi));
     x_new[k] = x;
   }
-  return bad ? one : zero;
+  *bad = out;
+  return any(out);
 }
 
 // <P, C> and <P, C> + eps KL(P || a b^T) of one problem from its potentials (cost units),
@@ -165,17 +176,26 @@ struct Problem {  // the shared inputs of one solve
   uint8_t* absorbed;
 };
 
-// Solves problems [p0, p1) with one block of W lanes, refilled as problems finish.
+// Solves problems [p0, p1) with one block of W lanes, refilled as problems finish. The lane
+// bookkeeping stays off the per-iteration path: lane l has done iter - start[l] iterations,
+// the exit test runs only when a lane may stop (some lane has an iteration behind it and
+// tol > 0, or the earliest max_iter deadline is reached), a vector compare of the marginal
+// errors with the thresholds decides whether any lane did, and the lanes are walked only
+// when one stops, leaves the scalings' range, or must be refilled.
 template <typename T>
 void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
   typedef typename Lanes<T>::V V;
+  typedef decltype(V{} > V{}) M;
   constexpr int W = Lanes<T>::W;
   const int64_t n = P.n, m = P.m;
+  const T ninf = -std::numeric_limits<T>::infinity();
   std::vector<V> A(n), Bw(m), u(n), u_new(n), kv(n), v(m), v_new(m), ktu(m);
   std::vector<T> g_init(m);
-  int64_t id[W], it[W];
-  T thr[W];
-  int64_t next = p0;
+  int64_t id[W], start[W];
+  V thr;  // tol * mass on live lanes; -inf on the others, so e <= thr never holds there
+  int64_t next = p0, iter = 0;
+  int64_t deadline = std::numeric_limits<int64_t>::max();  // <= min over live start + max_iter
+  int live = 0, young = 0, holes = 0;  // live lanes, those loaded for this iteration, emptied
   auto log_solve = [&](int64_t p, int64_t done, const T* g0) {  // the log domain from g0
     int64_t more = 0;
     sinkhorn_log_cpu<T>(P.a + p * n, P.b + p * m, P.cost, 1, n, m, true, P.eps,
@@ -188,7 +208,7 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
     for (;;) {
       const int64_t p = next < p1 ? next++ : -1;
       id[l] = p;
-      it[l] = 0;
+      start[l] = iter;
       T mass = 0;
       for (int64_t i = 0; i < n; ++i) {
         A[i][l] = p >= 0 ? P.a[p * n + i] : T(0);
@@ -205,10 +225,20 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
         }
         v[j][l] = Bw[j][l] > 0 ? x : T(0);
       }
-      thr[l] = P.tol * mass;
-      if (in_range) return;
+      thr[l] = p >= 0 ? P.tol * mass : ninf;
+      if (p < 0) return;
+      if (in_range) {
+        ++live, ++young;
+        deadline = std::min(deadline, iter + P.max_iter);
+        return;
+      }
       log_solve(p, 0, P.g_init + p * m);  // warm start out of the scalings' range
     }
+  };
+  auto vacate = [&](int l) {
+    id[l] = -1;
+    thr[l] = ninf;
+    --live, ++holes;
   };
   auto finish = [&](int l, T e) {
     const int64_t p = id[l];
@@ -217,52 +247,58 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
                        P.cmin;
     for (int64_t j = 0; j < m; ++j)
       P.g[p * m + j] = Bw[j][l] > 0 ? P.eps * std::log(v[j][l]) : -P.eps * std::log(ktu[j][l]);
-    P.n_iter[p] = it[l];
+    P.n_iter[p] = iter - start[l];
     P.err[p] = e;
     P.absorbed[p] = 0;
-    id[l] = -1;
+    vacate(l);
   };
   auto absorb = [&](int l) {  // continue in the log domain from the (in-range) v of lane l
     const int64_t p = id[l];
     for (int64_t j = 0; j < m; ++j)
       g_init[j] = Bw[j][l] > 0 ? P.eps * std::log(v[j][l]) : T(0);
-    log_solve(p, it[l], g_init.data());
-    id[l] = -1;
+    log_solve(p, iter - start[l], g_init.data());
+    vacate(l);
   };
   for (int l = 0; l < W; ++l) load(l);
   const V zero = {};
-  for (;;) {
-    int live = 0, check = 0;
-    for (int l = 0; l < W; ++l) {
-      live += id[l] >= 0;
-      check += id[l] >= 0 && (it[l] == P.max_iter || (it[l] > 0 && P.tol > 0));
-    }
-    if (!live) break;
+  M bad;
+  while (live) {
     block_product(P.E, v.data(), n, m, kv.data());  // K v
-    if (check) {  // marginal error of the state (u, v): a by-product of K v
+    const bool at_deadline = iter >= deadline;
+    if (at_deadline || (P.tol > 0 && live > young)) {
+      // marginal error of the state (u, v): a by-product of K v
       V e = {};
       for (int64_t i = 0; i < n; ++i) {
         const V d = u[i] * kv[i] - A[i];
         e += A[i] > zero ? (d < zero ? -d : d) : zero;
       }
-      for (int l = 0; l < W; ++l)
-        if (id[l] >= 0 && (it[l] == P.max_iter || (it[l] > 0 && P.tol > 0 && e[l] <= thr[l])))
-          finish(l, e[l]);
+      if (at_deadline || (P.tol > 0 && any(e <= thr))) {
+        deadline = std::numeric_limits<int64_t>::max();
+        for (int l = 0; l < W; ++l) {
+          if (id[l] < 0) continue;
+          const int64_t it = iter - start[l];
+          if (it == P.max_iter || (it > 0 && P.tol > 0 && e[l] <= thr[l]))
+            finish(l, e[l]);
+          else
+            deadline = std::min(deadline, start[l] + P.max_iter);
+        }
+      }
     }
-    V bad = divide<T>(A.data(), kv.data(), n, P.lo, P.hi, u_new.data());
-    for (int l = 0; l < W; ++l)
-      if (bad[l] != 0 && id[l] >= 0) absorb(l);  // v is in range
+    if (divide<T>(A.data(), kv.data(), n, P.lo, P.hi, u_new.data(), &bad))
+      for (int l = 0; l < W; ++l)
+        if (bad[l] != 0 && id[l] >= 0) absorb(l);  // v is in range
     std::swap(u, u_new);
     block_product(P.ET, u.data(), m, n, ktu.data());  // K^T u
-    bad = divide<T>(Bw.data(), ktu.data(), m, P.lo, P.hi, v_new.data());
-    for (int l = 0; l < W; ++l)
-      if (bad[l] != 0 && id[l] >= 0) absorb(l);  // v (old) is in range
+    if (divide<T>(Bw.data(), ktu.data(), m, P.lo, P.hi, v_new.data(), &bad))
+      for (int l = 0; l < W; ++l)
+        if (bad[l] != 0 && id[l] >= 0) absorb(l);  // v (old) is in range
     std::swap(v, v_new);
-    for (int l = 0; l < W; ++l) {
-      if (id[l] >= 0)
-        ++it[l];
-      else
-        load(l);
+    ++iter;
+    young = 0;
+    if (holes) {  // refill the lanes emptied this iteration (all zero when no problem is left)
+      holes = 0;
+      for (int l = 0; l < W; ++l)
+        if (id[l] < 0) load(l);
     }
   }
 }

@@ -63,16 +63,20 @@ def test_block_equals_log_and_reference(dtype, B, n, m, stop):
                                **TOL[dtype])
 
 
+@pytest.mark.parametrize("max_iter", [5000, 100])
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_per_problem_exit_equals_solving_alone(dtype):
-    """Mixed easy and hard problems refill lanes at different times; each problem's results
+def test_per_problem_exit_equals_solving_alone(dtype, max_iter):
+    """Mixed easy and hard problems refill lanes at different times (max_iter=100: some
+    converge, others stop at the cap, at different block iterations); each problem's results
     are bit-for-bit those of solving it alone."""
     a, b, C = _problem(40, 9, 6, dtype, seed=3)
     a[::3] = 1 / 9  # near-uniform rows converge sooner
-    together = _solve(a, b, C, 0.03, 5000, 1e-6)
+    together = _solve(a, b, C, 0.03, max_iter, 1e-6)
     assert len(set(together[2].tolist())) > 3
+    if max_iter == 100:
+        assert (together[2] == max_iter).any() and (together[2] < max_iter).any()
     for p in (0, 1, 17, 39):
-        alone = _solve(a[p:p + 1], b[p:p + 1], C, 0.03, 5000, 1e-6)
+        alone = _solve(a[p:p + 1], b[p:p + 1], C, 0.03, max_iter, 1e-6)
         for x, y in zip(together[:4], alone[:4], strict=True):
             assert torch.equal(x[p:p + 1], y)
 
