@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from pytransfer.bench.workload import Impl, Target, Work, Workload
+from pytransfer.bench.workload import Impl, Target, Work, Workload, fwd_bwd
 from pytransfer.lautum import gaussian_lautum
 from pytransfer.nn import LautumLoss
 
@@ -87,16 +87,6 @@ def near_one_problem():
                                      dtype=torch.float64)
 
 
-def fwd_bwd(fn, u: torch.Tensor, v: torch.Tensor):
-    """A zero-argument callable: value and gradients w.r.t. both views."""
-    def run():
-        a, b = u.detach().requires_grad_(True), v.detach().requires_grad_(True)
-        value = fn(a, b)
-        value.backward()
-        return value.detach(), a.grad, b.grad
-    return run
-
-
 def _compared(run, B: int):
     """``run``'s value followed by B times its gradients, one flat float tensor."""
     def call():
@@ -109,8 +99,8 @@ def anchor_gradient_error() -> float:
     """Max |anchor gradient - Cholesky gradient| / max |Cholesky gradient| at near-repeated
     correlations (the Cholesky gradient passes float64 gradcheck in the test suite)."""
     u, v = near_repeated_problem()
-    _, gu, gv = fwd_bwd(gaussian_lautum, u, v)()
-    _, au, av = fwd_bwd(anchor_cca_lautum, u, v)()
+    _, gu, gv = fwd_bwd(gaussian_lautum, (u, v), grad=(0, 1))()
+    _, au, av = fwd_bwd(anchor_cca_lautum, (u, v), grad=(0, 1))()
     ref = max(gu.abs().max(), gv.abs().max())
     return float(max((au - gu).abs().max(), (av - gv).abs().max()) / ref)
 
@@ -118,7 +108,7 @@ def anchor_gradient_error() -> float:
 def gradient_finite(fn, u: torch.Tensor, v: torch.Tensor) -> float:
     """1.0 when the value and both gradients are finite, else 0.0."""
     try:
-        value, gu, gv = fwd_bwd(fn, u, v)()
+        value, gu, gv = fwd_bwd(fn, (u, v), grad=(0, 1))()
     except (RuntimeError, ValueError):
         return 0.0
     return float(all(bool(torch.isfinite(t).all()) for t in (value, gu, gv)))
@@ -140,14 +130,8 @@ def loss_fwd_bwd(B: int, in_features: int = 784, feature_dim: int = 256):
     p, q = loss.dims(B)
     pu, pv = loss.proj_u[:, :p], loss.proj_v[:, :q]
 
-    def run(fn):
-        def call():
-            ff = f.detach().requires_grad_(True)
-            value = fn(x, ff)
-            value.backward()
-            return value.detach(), ff.grad
-        return call
-    return run(loss), run(lambda a, b: handwritten_loss(a, b, pu, pv))
+    return (fwd_bwd(loss, (x, f), grad=(1,)),
+            fwd_bwd(lambda a, b: handwritten_loss(a, b, pu, pv), (x, f), grad=(1,)))
 
 
 def _metrics():
@@ -177,20 +161,21 @@ def _views(B: int, p: int, size: str, device: str) -> Workload:
     u, v = problem(B, p, p, device=device)
     backend = "cpu" if device == "cpu" else "triton"
     ours = f"pytransfer {backend}"
+    def both(fn):  # value and B times both views' gradients
+        return _compared(fwd_bwd(fn, (u, v), grad=(0, 1)), B)
+
     impls: dict[str, Impl | str] = {
-        ours: Impl(_compared(fwd_bwd(lambda a, b: gaussian_lautum(a, b, backend=backend), u, v),
-                             B), tol=1e-3),
-        "pytransfer reference": Impl(_compared(fwd_bwd(
-            lambda a, b: gaussian_lautum(a, b, backend="reference"), u, v), B), anchor=True,
-            tol=1e-3),
-        ANCHOR: Impl(_compared(fwd_bwd(anchor_cca_lautum, u, v), B), anchor=True, tol=1e-3),
+        ours: Impl(both(lambda a, b: gaussian_lautum(a, b, backend=backend)), tol=1e-3),
+        "pytransfer reference": Impl(both(lambda a, b: gaussian_lautum(a, b, backend="reference")),
+                                     anchor=True, tol=1e-3),
+        ANCHOR: Impl(both(anchor_cca_lautum), anchor=True, tol=1e-3),
     }
     main = B == 4096 and p == 256
     return Workload(
         op="lautum", family=f"gaussian_lautum fwd+bwd, p=q={p}", size=B, size_name="B",
         detail="fp32", subject=ours, impls=impls,
         reference=_compared(fwd_bwd(lambda a, b: gaussian_lautum(a, b, backend="reference"),
-                                    u.double(), v.double()), B),
+                                    (u.double(), v.double()), grad=(0, 1)), B),
         targets=[Target(ANCHOR, 2.0)] if main else [],
         work=Work(flops=3 * 2.0 * B * (2 * p) ** 2, bytes=3 * 4.0 * B * 2 * p),
         metrics=_metrics if main and size == "full" else None,

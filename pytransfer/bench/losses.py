@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from pytransfer.bench.lautum import HAND, _compared, loss_fwd_bwd, loss_problem
-from pytransfer.bench.workload import Impl, Target, Work, Workload
+from pytransfer.bench.workload import Impl, Target, Work, Workload, fwd_bwd
 from pytransfer.mmd import gaussian_kernels
 from pytransfer.nn import HScore, MKMMDLoss, OTLoss
 
@@ -114,14 +114,9 @@ def mmd_workload(n: int, d: int, dtype=torch.float32) -> dict:
     loss = MKMMDLoss()
     mult = gaussian_kernels(U).multipliers
 
-    def run(fn):
-        def call():
-            x, y = xs.detach().requires_grad_(True), xt.detach().requires_grad_(True)
-            out = fn(x, y)
-            out.backward()
-            return out.detach(), x.grad
-        return call
-    return {"ours": run(loss), "hand-written": run(lambda x, y: handwritten_mk_mmd(x, y, mult))}
+    return {"ours": fwd_bwd(loss, (xs, xt), grad=(0, 1)),
+            "hand-written": fwd_bwd(lambda x, y: handwritten_mk_mmd(x, y, mult), (xs, xt),
+                                    grad=(0, 1))}
 
 
 # ------------------------------------------------------------------ H-score
@@ -137,14 +132,8 @@ def hscore_workload(n: int = 256, k: int = 64, dtype=torch.float32) -> dict:
     g0 = torch.randn(n, k, generator=gen).to(dtype)
     loss = HScore()
 
-    def run(fn):
-        def call():
-            f = f0.detach().requires_grad_(True)
-            out = fn(f, g0)
-            out.backward()
-            return out.detach(), f.grad
-        return call
-    return {"ours": run(loss), "hand-written": run(handwritten_soft_hgr)}
+    return {"ours": fwd_bwd(loss, (f0, g0)),
+            "hand-written": fwd_bwd(handwritten_soft_hgr, (f0, g0))}
 
 
 # ------------------------------------------------------------------ workloads

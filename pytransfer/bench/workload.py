@@ -101,3 +101,16 @@ def relative_error(out: object, ref: torch.Tensor, take: int | None = None) -> f
     if out.shape != ref.shape:
         raise ValueError(f"output has {out.numel()} entries, the reference {ref.numel()}")
     return float((out - ref).abs().max() / ref.abs().max().clamp_min(1e-300))
+
+
+def fwd_bwd(fn: Callable, args: tuple, grad: tuple[int, ...] = (0,)) -> Callable:
+    """A zero-argument callable timing ``fn(*args)`` and its backward: the arguments at the
+    ``grad`` positions are fresh leaves that require grad on every call; it returns
+    (value, *their gradients)."""
+    def call():
+        inputs = [a.detach().requires_grad_(True) if i in grad else a
+                  for i, a in enumerate(args)]
+        value = fn(*inputs)
+        value.backward()
+        return (value.detach(), *(inputs[i].grad for i in grad))
+    return call
