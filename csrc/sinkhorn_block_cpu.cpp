@@ -352,10 +352,11 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
 
 // The value checks of sinkhorn(check_inputs=True) in one pass over a, b and cost: every entry
 // finite, weights >= 0, every problem's masses > 0 and equal within rtol (relative, in double).
-// Returns whether all hold; *span = max C - min C (the exponent range of K times eps).
+// Returns whether all hold; *span = max C - min C (the exponent range of K times eps) and
+// *big = max |C| (for the eps underflow check), so no second pass over the cost is needed.
 template <typename T>
 bool sinkhorn_check(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
-                    int64_t cost_count, double rtol, double* span) {
+                    int64_t cost_count, double rtol, double* span, double* big) {
   bool ok = true;
   for (int64_t p = 0; p < B; ++p) {
     double ma = 0, mb = 0;
@@ -380,6 +381,7 @@ bool sinkhorn_check(const T* a, const T* b, const T* cost, int64_t B, int64_t n,
     hi = std::max(hi, cost[k]);
   }
   *span = static_cast<double>(hi) - static_cast<double>(lo);
+  *big = std::max(std::abs(static_cast<double>(lo)), std::abs(static_cast<double>(hi)));
   return ok && finite;
 }
 
@@ -435,20 +437,20 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
          int64_t B, int64_t n, int64_t m_, int64_t cost_count, double rtol) {
         if (dtype != "float32" && dtype != "float64")
           throw std::invalid_argument("sinkhorn_check: dtype must be float32 or float64");
-        double span = 0;
+        double span = 0, big = 0;
         bool ok;
         {
           pybind11::gil_scoped_release nogil;
           ok = dtype == "float32"
                    ? pytransfer::sinkhorn_check<float>(ptr<const float>(a), ptr<const float>(b),
                                                        ptr<const float>(cost), B, n, m_,
-                                                       cost_count, rtol, &span)
+                                                       cost_count, rtol, &span, &big)
                    : pytransfer::sinkhorn_check<double>(ptr<const double>(a),
                                                         ptr<const double>(b),
                                                         ptr<const double>(cost), B, n, m_,
-                                                        cost_count, rtol, &span);
+                                                        cost_count, rtol, &span, &big);
         }
-        return pybind11::make_tuple(ok, span);
+        return pybind11::make_tuple(ok, span, big);
       },
-      "One-pass value checks of sinkhorn's inputs: (all valid, max C - min C)");
+      "One-pass value checks of sinkhorn's inputs: (all valid, max C - min C, max |C|)");
 }

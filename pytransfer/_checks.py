@@ -122,19 +122,24 @@ def histograms(a: object, b: object, names: tuple[str, str], check_inputs: bool)
                          f"{gap:.2e} > {rtol:.0e}); normalise them")
 
 
-def entropic_scale(eps: float, cost: torch.Tensor, check_inputs: bool) -> None:
+def entropic_scale(eps: float, cost: torch.Tensor, check_inputs: bool,
+                   max_abs: float | None = None) -> None:
     """Reject an eps too small for the working dtype (float64, else float32): below its
     smallest normal number, or (with ``check_inputs``, a host sync) so small that max|C|/eps
-    overflows it, where every exp(-C/eps) underflows and the iterations return NaN."""
+    overflows it, where every exp(-C/eps) underflows and the iterations return NaN.
+    ``max_abs``: max |C| over the finite entries when a value check already computed it (no
+    second pass over the cost)."""
     work = torch.float64 if cost.dtype == torch.float64 else torch.float32
     info = torch.finfo(work)
     if eps < info.tiny:
         raise ValueError(f"eps={eps:g} is below the smallest normal {work} ({info.tiny:.3g})")
     if check_inputs and cost.numel():
-        big = cost.detach().abs().max()
-        if bool(torch.isinf(big)):  # +inf entries are forbidden pairs: the finite ones count
-            big = cost.detach().abs().nan_to_num(posinf=0.0).max()
-        span = float(big) / eps
+        if max_abs is None:
+            big = cost.detach().abs().max()
+            if bool(torch.isinf(big)):  # +inf entries are forbidden pairs: the finite ones count
+                big = cost.detach().abs().nan_to_num(posinf=0.0).max()
+            max_abs = float(big)
+        span = max_abs / eps
         if span > info.max / 16:
             raise ValueError(f"eps={eps:g} is too small for this cost in {work}: max|C|/eps = "
                              f"{span:.3g} overflows (at most {info.max / 16:.3g}); rescale the "

@@ -186,7 +186,7 @@ def test_one_pass_checks_find_what_the_torch_checks_name(bad, match):
         a[1] *= 1.001
     if bad.get("cost_nan"):
         C[3, 4] = float("nan")
-    ok, _ = block.check(a, b, C, 1e-5)
+    ok, _, _ = block.check(a, b, C, 1e-5)
     assert not ok
     with pytest.raises(ValueError, match=match):
         sinkhorn(a, b, C, 0.1)
@@ -194,8 +194,9 @@ def test_one_pass_checks_find_what_the_torch_checks_name(bad, match):
 
 def test_one_pass_check_returns_the_cost_span():
     a, b, C = random_problem(3, 4, 5, scale=3.0)
-    ok, span = block.check(a, b, C, 1e-5)
+    ok, span, big = block.check(a, b, C, 1e-5)
     assert ok and span == pytest.approx(float(C.max() - C.min()), rel=1e-15)
+    assert big == pytest.approx(float(C.abs().max()), rel=1e-15)
 
 
 @pytest.mark.parametrize("need", ["a", "ab", "abC"])
@@ -215,3 +216,16 @@ def test_transport_only_function_equals_the_op(need):
         grads.append((*out, *(x.grad for x in (a, b, C) if x.requires_grad)))
     for x, y in zip(*grads, strict=True):
         torch.testing.assert_close(x.detach(), y.detach(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_eps_underflow_check_uses_the_one_pass_max_abs(sign):
+    """The eps check takes max |C| from the C++ value check (a negative cost's min counts),
+    and rejects like the torch pass does on a non-contiguous copy of the same cost."""
+    a, b = torch.full((2, 3), 1 / 3), torch.full((2, 4), 0.25)
+    C = sign * (torch.rand(3, 4, generator=torch.Generator().manual_seed(0)) * 1e3 + 1)
+    Ct = C.t().contiguous().t()  # same values, not contiguous: the torch checks
+    for cost in (C, Ct):
+        with pytest.raises(ValueError, match=r"too small for this cost .* max\|C\|/eps"):
+            sinkhorn(a, b, cost, 1e-37)
+    assert torch.isfinite(sinkhorn(a, b, C, 100.0).objective).all()  # a usable eps passes

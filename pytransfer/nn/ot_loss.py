@@ -86,7 +86,7 @@ class OTLoss(torch.nn.Module):
         _checks.positive_int("max_iter", self.max_iter)
         _checks.nonneg_float("tol", self.tol)
         cost = self._work_cost(cost, p_source.dtype, eps)
-        ok, span = block.check(p_source, p_target, cost, _MASS_RTOL[p_source.dtype])
+        ok, span, _ = block.check(p_source, p_target, cost, _MASS_RTOL[p_source.dtype])
         if not ok or span / eps > AUTO_RANGE[p_source.dtype]:
             return None  # a bad value (named by the general path), or the log domain
         transport, objective, f, g, n_iter, err, converged, _, _ = block.sinkhorn_dual(

@@ -77,8 +77,8 @@ def _validate(a, b, cost, eps, max_iter, tol, grad, method, check_inputs):
             f"cost batch {cost.shape[0]} must equal the batch of a and b ({a.shape[0]})")
     if a.dim() == 2 and a.shape[0] == 0:
         raise ValueError("a and b hold no problems (batch size 0)")
-    span = _check_values(a, b, cost) if check_inputs else None
-    _checks.entropic_scale(eps, cost, check_inputs)
+    span, max_abs = _check_values(a, b, cost) if check_inputs else (None, None)
+    _checks.entropic_scale(eps, cost, check_inputs, max_abs)
     return device, span
 
 
@@ -98,18 +98,19 @@ def _validate_init(init, a, b) -> torch.Tensor:
     return init[1].detach()
 
 
-def _check_values(a, b, cost) -> float | None:
-    """NaN/Inf, signs and masses (host sync). CPU float32/float64 contiguous inputs take one
-    C++ pass (no copy), which also returns max C - min C for the method choice; the torch
-    checks below run only where it is not available or finds a problem (for the message)."""
+def _check_values(a, b, cost) -> tuple[float | None, float | None]:
+    """NaN/Inf, signs and masses (host sync); returns (max C - min C, max |C|), None for max
+    |C| where it did not come for free. CPU float32/float64 contiguous inputs take one C++ pass
+    (no copy), which gives both (for the method choice and the eps check); the torch checks
+    below run only where it is not available or finds a problem (for the message)."""
     rtol = _MASS_RTOL[a.dtype]
     if (a.device.type == "cpu" and a.dtype in block.LANES and _ext.unavailable() is None
             and not torch.compiler.is_compiling() and a.is_contiguous() and b.is_contiguous()
             and cost.is_contiguous()):
-        ok, span = block.check(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]), cost,
-                               rtol)
+        ok, span, max_abs = block.check(a.reshape(-1, a.shape[-1]), b.reshape(-1, b.shape[-1]),
+                                        cost, rtol)
         if ok:
-            return span
+            return span, max_abs
     for name, x in (("a", a), ("b", b)):
         _checks.finite(name, x)
     span = _check_cost(a, b, cost)
@@ -126,7 +127,7 @@ def _check_values(a, b, cost) -> float | None:
             f"a and b must have equal total mass per problem (relative gap {float(gap):.2e} "
             f"> {rtol:.0e}); normalise them or use unbalanced OT"
         )
-    return span
+    return span, None
 
 
 def _check_cost(a, b, cost) -> float | None:
