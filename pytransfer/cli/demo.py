@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
@@ -49,7 +48,6 @@ def demo(quick: bool = typer.Option(False, help="shorter runs of every phase"),
     from pytransfer.cli.jtln import parse_labels
     from pytransfer.methods.jtln import TABLE2, JTLNConfig
 
-    os.environ.setdefault("MPLBACKEND", "Agg")  # plots are files
     with user_errors():
         seeds = (2 if quick else 5) if seeds is None else seeds
         steps = (40 if quick else 200) if steps is None else steps

@@ -64,7 +64,6 @@ def lautum(
     target test accuracy (mean ± std over seeds) and writes one run folder per run plus
     results.json, report.md and plots."""
     import dataclasses
-    import os
 
     import torch
 
@@ -77,7 +76,6 @@ def lautum(
         split_labels,
     )
 
-    os.environ.setdefault("MPLBACKEND", "Agg")  # plots are files
     with user_errors():
         if data.strip() == "digits":
             if target is not None:
