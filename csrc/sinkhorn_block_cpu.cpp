@@ -11,6 +11,11 @@
 // warm-started from its last in-range v (as pytransfer.ot.scaling does).
 // Warm start: g_init gives v = exp(g/eps); a problem whose v leaves [lo, hi] starts in the log
 // domain from g_init itself.
+// Fixed-point stop (unless disabled): once a lane's v is bit-for-bit that of the iteration
+// before, its state (u, v) is an exact floating-point fixed point of the (deterministic, per
+// lane) iteration, so every further iteration reproduces it: the lane finishes at once with the
+// outputs of running to max_iter (n_iter = max_iter, unless the tolerance test stops it first,
+// as it would have). Most float32 problems reach one long before 100 iterations.
 // Values: <P, C> and the objective from the final potentials, with P factorised by shifted
 // scalings (as values_factorized in pytransfer/ot/reference.py), O(n m) per problem.
 #include <algorithm>
@@ -21,6 +26,7 @@
 #include <vector>
 
 #include "sinkhorn_cpu.h"
+#include "vec_math.h"
 
 namespace pytransfer {
 namespace {
@@ -112,54 +118,80 @@ inline bool divide(const V* w, const V* den, int64_t len, T lo, T hi, V* x_new, 
   return any(out);
 }
 
-// <P, C> and <P, C> + eps KL(P || a b^T) of one problem from its potentials (cost units),
-// P = e^(Fmax + Gmax) diag(u) E diag(v), u = exp(F - Fmax), v = exp(G - Gmax) in (0, 1],
-// F = (f - cmin)/eps, G = g/eps, E = exp(-(C - cmin)/eps); zero-mass entries carry no mass.
+// <P, C> and <P, C> + eps KL(P || a b^T) of problems [p0, p0 + W) from their potentials (cost
+// units), one per lane: P = e^(Fmax + Gmax) diag(u) E diag(v), u = exp(F - Fmax),
+// v = exp(G - Gmax) in (0, 1], F = (f - cmin)/eps, G = g/eps, E = exp(-(C - cmin)/eps);
+// zero-mass entries carry no mass. With the row sums r = u (E v) and column sums
+// c = v (E^T u): <P, C> = scale u . (EC v), objective = scale (r . la + c . lb - eps sum r)
+// + eps |a| |b|, la = f - eps log a, lb = g - eps log b. The three products are block products
+// (W problems per load of E), exp and log run in vectorised row passes. Plus the dual
+// gradients of <P, C> (JTLN eq. 11): the potentials centred on the supports, fc and gc.
 template <typename T>
-void values_one(const T* a, const T* b, const T* E, const T* EC, int64_t n, int64_t m, T eps,
-                T cmin, const T* f, const T* g, T* u, T* v, T* col, T* transport, T* objective,
-                T* fc, T* gc) {
+void values_block(const T* a, const T* b, const T* E, const T* ET, const T* EC, int64_t n,
+                  int64_t m, T eps, T cmin, const T* f, const T* g, int64_t count,
+                  T* transport, T* objective, T* fc, T* gc) {
+  typedef typename Lanes<T>::V V;
+  constexpr int W = Lanes<T>::W;
   const T ninf = -std::numeric_limits<T>::infinity();
-  T fmax = ninf, gmax = ninf, ma = 0, mb = 0;
-  for (int64_t i = 0; i < n; ++i)
-    if (a[i] > 0) fmax = std::max(fmax, (f[i] - cmin) / eps), ma += a[i];
-  for (int64_t j = 0; j < m; ++j)
-    if (b[j] > 0) gmax = std::max(gmax, g[j] / eps), mb += b[j];
-  for (int64_t i = 0; i < n; ++i) u[i] = a[i] > 0 ? std::exp((f[i] - cmin) / eps - fmax) : T(0);
-  for (int64_t j = 0; j < m; ++j) v[j] = b[j] > 0 ? std::exp(g[j] / eps - gmax) : T(0);
-  const T scale = std::exp(fmax + gmax);
-  std::fill(col, col + m, T(0));
-  T tc = 0, obj = 0, total = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const T* e = E + i * m;
-    const T* ec = EC + i * m;
-    T ev = 0, ecv = 0;
-#pragma omp simd reduction(+ : ev, ecv)
-    for (int64_t j = 0; j < m; ++j) {
-      ev += e[j] * v[j];
-      ecv += ec[j] * v[j];
+  std::vector<V> U(n), LA(n), V_(m), LB(m), KV(n), ECV(n), KTU(m);
+  std::vector<T> row(2 * std::max(n, m));
+  V scale = {}, mass = {};
+  for (int l = 0; l < W; ++l) {  // lanes past count stay all zero
+    if (l >= count) {
+      for (int64_t i = 0; i < n; ++i) U[i][l] = LA[i][l] = 0;
+      for (int64_t j = 0; j < m; ++j) V_[j][l] = LB[j][l] = 0;
+      continue;
     }
-    const T ui = u[i];
-#pragma omp simd
-    for (int64_t j = 0; j < m; ++j) col[j] += e[j] * ui;
-    const T r = scale * ui * ev;
-    tc += scale * ui * ecv;
-    total += r;
-    if (a[i] > 0) obj += r * (f[i] - eps * std::log(a[i]));
+    const T *al = a + l * n, *bl = b + l * m, *fl = f + l * n, *gl = g + l * m;
+    T fmax = ninf, gmax = ninf, ma = 0, mb = 0;
+    for (int64_t i = 0; i < n; ++i)
+      if (al[i] > 0) fmax = std::max(fmax, (fl[i] - cmin) / eps), ma += al[i];
+    for (int64_t j = 0; j < m; ++j)
+      if (bl[j] > 0) gmax = std::max(gmax, gl[j] / eps), mb += bl[j];
+    scale[l] = std::exp(fmax + gmax);
+    mass[l] = ma * mb;
+    T *x = row.data(), *y = x + row.size() / 2;
+    for (int64_t i = 0; i < n; ++i) {  // (both branches evaluated: the loop vectorises)
+      x[i] = vexp((fl[i] - cmin) / eps - fmax);
+      y[i] = fl[i] - eps * vlog(al[i]);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      U[i][l] = al[i] > 0 ? x[i] : T(0);
+      LA[i][l] = al[i] > 0 ? y[i] : T(0);
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      x[j] = vexp(gl[j] / eps - gmax);
+      y[j] = gl[j] - eps * vlog(bl[j]);
+    }
+    for (int64_t j = 0; j < m; ++j) {
+      V_[j][l] = bl[j] > 0 ? x[j] : T(0);
+      LB[j][l] = bl[j] > 0 ? y[j] : T(0);
+    }
   }
-  for (int64_t j = 0; j < m; ++j)
-    if (b[j] > 0) obj += scale * v[j] * col[j] * (g[j] - eps * std::log(b[j]));
-  *transport = tc;
-  *objective = obj - eps * total + eps * ma * mb;
-  // The dual gradients of <P, C> (JTLN eq. 11): the potentials centred on the supports.
-  T sf = 0, sg = 0;
-  int64_t kf = 0, kg = 0;
-  for (int64_t i = 0; i < n; ++i)
-    if (a[i] > 0) sf += f[i], ++kf;
-  for (int64_t j = 0; j < m; ++j)
-    if (b[j] > 0) sg += g[j], ++kg;
-  for (int64_t i = 0; i < n; ++i) fc[i] = f[i] - sf / T(kf);
-  for (int64_t j = 0; j < m; ++j) gc[j] = g[j] - sg / T(kg);
+  block_product(E, V_.data(), n, m, KV.data());
+  block_product(EC, V_.data(), n, m, ECV.data());
+  block_product(ET, U.data(), m, n, KTU.data());
+  V tc = {}, total = {}, obj = {};
+  for (int64_t i = 0; i < n; ++i) {
+    const V r = U[i] * KV[i];
+    tc += U[i] * ECV[i];
+    total += r;
+    obj += r * LA[i];
+  }
+  for (int64_t j = 0; j < m; ++j) obj += V_[j] * KTU[j] * LB[j];
+  for (int l = 0; l < count; ++l) {
+    transport[l] = scale[l] * tc[l];
+    objective[l] = scale[l] * (obj[l] - eps * total[l]) + eps * mass[l];
+    const T *al = a + l * n, *bl = b + l * m, *fl = f + l * n, *gl = g + l * m;
+    T sf = 0, sg = 0;
+    int64_t kf = 0, kg = 0;
+    for (int64_t i = 0; i < n; ++i)
+      if (al[i] > 0) sf += fl[i], ++kf;
+    for (int64_t j = 0; j < m; ++j)
+      if (bl[j] > 0) sg += gl[j], ++kg;
+    for (int64_t i = 0; i < n; ++i) fc[l * n + i] = fl[i] - sf / T(kf);
+    for (int64_t j = 0; j < m; ++j) gc[l * m + j] = gl[j] - sg / T(kg);
+  }
 }
 
 template <typename T>
@@ -170,6 +202,7 @@ struct Problem {  // the shared inputs of one solve
   int64_t max_iter;
   T tol, lo, hi;
   const T* g_init;  // (B, m) warm start, or nullptr
+  bool fixed_stop;  // finish a lane at an exact fixed point (see the top of this file)
   T *f, *g;
   int64_t* n_iter;
   T* err;
@@ -192,6 +225,8 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
   std::vector<V> A(n), Bw(m), u(n), u_new(n), kv(n), v(m), v_new(m), ktu(m);
   std::vector<T> g_init(m);
   int64_t id[W], start[W];
+  bool frozen[W] = {};  // the lane's state is an exact fixed point: finish at the next test
+  M watch = {};  // all ones on lanes whose fixed point is looked for (live, not yet frozen)
   V thr;  // tol * mass on live lanes; -inf on the others, so e <= thr never holds there
   int64_t next = p0, iter = 0;
   int64_t deadline = std::numeric_limits<int64_t>::max();  // <= min over live start + max_iter
@@ -226,8 +261,11 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
         v[j][l] = Bw[j][l] > 0 ? x : T(0);
       }
       thr[l] = p >= 0 ? P.tol * mass : ninf;
+      frozen[l] = false;
+      watch[l] = 0;
       if (p < 0) return;
       if (in_range) {
+        watch[l] = P.fixed_stop ? -1 : 0;
         ++live, ++young;
         deadline = std::min(deadline, iter + P.max_iter);
         return;
@@ -238,16 +276,14 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
   auto vacate = [&](int l) {
     id[l] = -1;
     thr[l] = ninf;
+    watch[l] = 0;
     --live, ++holes;
   };
-  auto finish = [&](int l, T e) {
+  auto finish = [&](int l, T e, int64_t done) {  // f, g hold the scalings until to_potentials
     const int64_t p = id[l];
-    for (int64_t i = 0; i < n; ++i)
-      P.f[p * n + i] = (A[i][l] > 0 ? P.eps * std::log(u[i][l]) : -P.eps * std::log(kv[i][l])) +
-                       P.cmin;
-    for (int64_t j = 0; j < m; ++j)
-      P.g[p * m + j] = Bw[j][l] > 0 ? P.eps * std::log(v[j][l]) : -P.eps * std::log(ktu[j][l]);
-    P.n_iter[p] = iter - start[l];
+    for (int64_t i = 0; i < n; ++i) P.f[p * n + i] = A[i][l] > 0 ? u[i][l] : T(1) / kv[i][l];
+    for (int64_t j = 0; j < m; ++j) P.g[p * m + j] = Bw[j][l] > 0 ? v[j][l] : T(1) / ktu[j][l];
+    P.n_iter[p] = done;
     P.err[p] = e;
     P.absorbed[p] = 0;
     vacate(l);
@@ -277,8 +313,10 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
         for (int l = 0; l < W; ++l) {
           if (id[l] < 0) continue;
           const int64_t it = iter - start[l];
-          if (it == P.max_iter || (it > 0 && P.tol > 0 && e[l] <= thr[l]))
-            finish(l, e[l]);
+          if (it > 0 && P.tol > 0 && e[l] <= thr[l])
+            finish(l, e[l], it);
+          else if (it == P.max_iter || frozen[l])
+            finish(l, e[l], P.max_iter);
           else
             deadline = std::min(deadline, start[l] + P.max_iter);
         }
@@ -292,6 +330,17 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
     if (divide<T>(Bw.data(), ktu.data(), m, P.lo, P.hi, v_new.data(), &bad))
       for (int l = 0; l < W; ++l)
         if (bad[l] != 0 && id[l] >= 0) absorb(l);  // v (old) is in range
+    if (any(watch)) {  // lanes whose v did not change: exact fixed points
+      M moved = {};
+      for (int64_t j = 0; j < m; ++j) moved |= v_new[j] != v[j];
+      if (any(watch & ~moved))
+        for (int l = 0; l < W; ++l)
+          if (watch[l] != 0 && moved[l] == 0) {
+            frozen[l] = true;
+            watch[l] = 0;
+            deadline = std::min(deadline, iter + 1);
+          }
+    }
     std::swap(v, v_new);
     ++iter;
     young = 0;
@@ -303,34 +352,49 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
   }
 }
 
+// The potentials f = eps log u + cmin, g = eps log v of a problem that finished in the scaling
+// form from the scalings finish() left in f and g (off the supports, 1 / (K v) and 1 / (K^T u):
+// the c-transforms), in vectorised passes over the rows.
+template <typename T>
+void to_potentials(T* __restrict f, T* __restrict g, int64_t n, int64_t m, T eps, T cmin) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) f[i] = eps * vlog(f[i]) + cmin;
+#pragma omp simd
+  for (int64_t j = 0; j < m; ++j) g[j] = eps * vlog(g[j]);
+}
+
 }  // namespace
 
 template <typename T>
 void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
-                        T eps, int64_t max_iter, T tol, T lo, T hi, const T* g_init, T* f, T* g,
-                        int64_t* n_iter, T* err, uint8_t* absorbed, uint8_t* converged, T* transport, T* objective,
-                        T* fc, T* gc, int threads) {
+                        T eps, int64_t max_iter, T tol, T lo, T hi, const T* g_init,
+                        bool fixed_stop, T* f, T* g, int64_t* n_iter, T* err, uint8_t* absorbed,
+                        uint8_t* converged, T* transport, T* objective, T* fc, T* gc,
+                        int threads) {
   T cmin = cost[0];
   for (int64_t k = 0; k < n * m; ++k) cmin = std::min(cmin, cost[k]);
   std::vector<T> E(n * m), ET(m * n), EC(n * m);
+  for (int64_t k = 0; k < n * m; ++k) {  // (vectorised exp; +inf costs give 0 below)
+    const T x = vexp(-(cost[k] - cmin) / eps);
+    E[k] = cost[k] < std::numeric_limits<T>::infinity() ? x : T(0);
+    EC[k] = cost[k] < std::numeric_limits<T>::infinity() ? x * cost[k] : T(0);
+  }
   for (int64_t i = 0; i < n; ++i)
-    for (int64_t j = 0; j < m; ++j) {
-      const T e = std::exp(-(cost[i * m + j] - cmin) / eps);
-      E[i * m + j] = e;
-      ET[j * n + i] = e;
-      EC[i * m + j] = e > 0 ? e * cost[i * m + j] : T(0);  // 0 * inf = 0: forbidden pairs
-    }
+    for (int64_t j = 0; j < m; ++j) ET[j * n + i] = E[i * m + j];
   const Problem<T> P{a, b, cost, E.data(), ET.data(), n, m, eps, cmin, max_iter, tol, lo, hi,
-                     g_init, f, g, n_iter, err, absorbed};
+                     g_init, fixed_stop, f, g, n_iter, err, absorbed};
   constexpr int64_t W = Lanes<T>::W;
   // Contiguous ranges of whole blocks, about two per thread.
   const int64_t blocks = (B + W - 1) / W;
-  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(blocks, 2 * threads));
+  const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(blocks, threads > 1 ? 2 * threads : 1));
 #pragma omp parallel num_threads(threads)
   {
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks; ++c)
       solve_range(P, std::min(B, blocks * c / chunks * W), std::min(B, blocks * (c + 1) / chunks * W));
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < B; ++p)
+      if (!absorbed[p]) to_potentials(f + p * n, g + p * m, n, m, eps, cmin);
     if (converged != nullptr) {
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < B; ++p) {
@@ -340,12 +404,13 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
       }
     }
     if (transport != nullptr) {
-      std::vector<T> work(2 * n + 2 * m);
 #pragma omp for schedule(static)
-      for (int64_t p = 0; p < B; ++p)
-        values_one(a + p * n, b + p * m, E.data(), EC.data(), n, m, eps, cmin, f + p * n,
-                   g + p * m, work.data(), work.data() + n, work.data() + n + m, transport + p,
-                   objective + p, fc + p * n, gc + p * m);
+      for (int64_t k = 0; k < blocks; ++k) {
+        const int64_t p = k * W;
+        values_block(a + p * n, b + p * m, E.data(), ET.data(), EC.data(), n, m, eps, cmin,
+                     f + p * n, g + p * m, std::min<int64_t>(W, B - p), transport + p,
+                     objective + p, fc + p * n, gc + p * m);
+      }
     }
   }
 }
@@ -387,13 +452,13 @@ bool sinkhorn_check(const T* a, const T* b, const T* cost, int64_t B, int64_t n,
 
 template void sinkhorn_block_cpu<float>(const float*, const float*, const float*, int64_t,
                                         int64_t, int64_t, float, int64_t, float, float, float,
-                                        const float*, float*, float*, int64_t*, float*, uint8_t*,
-                                        uint8_t*, float*, float*, float*, float*, int);
+                                        const float*, bool, float*, float*, int64_t*, float*,
+                                        uint8_t*, uint8_t*, float*, float*, float*, float*, int);
 template void sinkhorn_block_cpu<double>(const double*, const double*, const double*, int64_t,
                                          int64_t, int64_t, double, int64_t, double, double,
-                                         double, const double*, double*, double*, int64_t*,
-                                         double*, uint8_t*, uint8_t*, double*, double*, double*,
-                                         double*, int);
+                                         double, const double*, bool, double*, double*,
+                                         int64_t*, double*, uint8_t*, uint8_t*, double*, double*,
+                                         double*, double*, int);
 
 }  // namespace pytransfer
 
@@ -409,7 +474,7 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
       "sinkhorn_block",
       [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t cost,
          int64_t B, int64_t n, int64_t m_, double eps, int64_t max_iter, double tol, double lo,
-         double hi, std::uintptr_t g_init, std::uintptr_t f, std::uintptr_t g, std::uintptr_t n_iter, std::uintptr_t err,
+         double hi, std::uintptr_t g_init, bool fixed_stop, std::uintptr_t f, std::uintptr_t g, std::uintptr_t n_iter, std::uintptr_t err,
          std::uintptr_t absorbed, std::uintptr_t converged, std::uintptr_t transport,
          std::uintptr_t objective, std::uintptr_t fc, std::uintptr_t gc, int threads) {
         if (dtype != "float32" && dtype != "float64")
@@ -419,13 +484,13 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
           pytransfer::sinkhorn_block_cpu<float>(
               ptr<const float>(a), ptr<const float>(b), ptr<const float>(cost), B, n, m_,
               static_cast<float>(eps), max_iter, static_cast<float>(tol), static_cast<float>(lo),
-              static_cast<float>(hi), ptr<const float>(g_init), ptr<float>(f), ptr<float>(g), ptr<int64_t>(n_iter),
+              static_cast<float>(hi), ptr<const float>(g_init), fixed_stop, ptr<float>(f), ptr<float>(g), ptr<int64_t>(n_iter),
               ptr<float>(err), ptr<uint8_t>(absorbed), ptr<uint8_t>(converged),
               ptr<float>(transport), ptr<float>(objective), ptr<float>(fc), ptr<float>(gc), threads);
         else
           pytransfer::sinkhorn_block_cpu<double>(
               ptr<const double>(a), ptr<const double>(b), ptr<const double>(cost), B, n, m_, eps,
-              max_iter, tol, lo, hi, ptr<const double>(g_init), ptr<double>(f), ptr<double>(g), ptr<int64_t>(n_iter),
+              max_iter, tol, lo, hi, ptr<const double>(g_init), fixed_stop, ptr<double>(f), ptr<double>(g), ptr<int64_t>(n_iter),
               ptr<double>(err), ptr<uint8_t>(absorbed), ptr<uint8_t>(converged),
               ptr<double>(transport), ptr<double>(objective), ptr<double>(fc), ptr<double>(gc), threads);
       },

@@ -26,12 +26,13 @@ void sinkhorn_log_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t 
 // objective[p] = <P, C> + eps KL(P || a b^T) and the potentials
 // centred on the supports fc (B, n), gc (B, m) (the dual gradients), unless transport is nullptr.
 // g_init (B, m) or nullptr: warm start v = exp(g/eps); a problem whose v is outside [lo, hi]
-// starts in the log domain from g_init.
+// starts in the log domain from g_init. fixed_stop: a problem whose iterate is an exact
+// floating-point fixed point finishes there with the outputs of running on (bit for bit).
 template <typename T>
 void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
-                        T eps, int64_t max_iter, T tol, T lo, T hi, const T* g_init, T* f, T* g,
-                        int64_t* n_iter,
-                        T* err, uint8_t* absorbed, uint8_t* converged, T* transport, T* objective,
-                        T* fc, T* gc, int threads);
+                        T eps, int64_t max_iter, T tol, T lo, T hi, const T* g_init,
+                        bool fixed_stop, T* f, T* g, int64_t* n_iter, T* err, uint8_t* absorbed,
+                        uint8_t* converged, T* transport, T* objective, T* fc, T* gc,
+                        int threads);
 
 }  // namespace pytransfer

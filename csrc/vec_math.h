@@ -1,11 +1,13 @@
-// Branch-free exp that GCC/Clang auto-vectorise at -O3 without -ffast-math.
+// Branch-free exp (and float log) that GCC/Clang auto-vectorise at -O3 without -ffast-math.
 // Cody-Waite range reduction x = k ln2 + r, |r| <= ln2/2, then a polynomial for e^r and
 // 2^k built in the exponent bits. Callers clamp the argument (kExpFloor) so results stay
 // normal: float exp of arguments below about -87 goes subnormal and runs 9-16x slower.
 // Arguments are clamped to [kFloor, -kFloor].
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 
 namespace pytransfer {
 
@@ -71,5 +73,40 @@ inline double vexp(double x) {
   std::memcpy(&scale, &ki, sizeof scale);
   return p * scale;
 }
+
+// log x for x > 0 (subnormals and +inf included), branch-free: x = 2^e m with m in
+// [sqrt(1/2), sqrt(2)), then the Cephes logf polynomial in m - 1 (about 1 ulp).
+inline float vlog(float x) {
+  const bool sub = x < std::numeric_limits<float>::min();
+  const float y = sub ? x * 8388608.0f : x;  // 2^23: subnormals to normal
+  int32_t bits;
+  std::memcpy(&bits, &y, sizeof bits);
+  float e = static_cast<float>((bits >> 23) - 126 - (sub ? 23 : 0));
+  const int32_t mbits = (bits & 0x007FFFFF) | 0x3F000000;  // mantissa in [0.5, 1)
+  float mant;
+  std::memcpy(&mant, &mbits, sizeof mant);
+  const bool low = mant < 0.707106781186547524f;
+  e = low ? e - 1.0f : e;
+  const float r = (low ? mant + mant : mant) - 1.0f;
+  const float z = r * r;
+  float p = 7.0376836292e-2f;
+  p = p * r - 1.1514610310e-1f;
+  p = p * r + 1.1676998740e-1f;
+  p = p * r - 1.2420140846e-1f;
+  p = p * r + 1.4249322787e-1f;
+  p = p * r - 1.6668057665e-1f;
+  p = p * r + 2.0000714765e-1f;
+  p = p * r - 2.4999993993e-1f;
+  p = p * r + 3.3333331174e-1f;
+  float res = p * r * z;
+  res += e * -2.12194440e-4f;
+  res += -0.5f * z;
+  res = r + res;
+  res += e * 0.693359375f;
+  return x == std::numeric_limits<float>::infinity() ? x : res;
+}
+
+// log x in double: the libm one (no double kernel depends on its speed).
+inline double vlog(double x) { return std::log(x); }
 
 }  // namespace pytransfer

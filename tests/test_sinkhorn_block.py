@@ -25,9 +25,9 @@ def _problem(B, n, m, dtype, seed=0):
     return a / a.sum(-1, keepdim=True), b / b.sum(-1, keepdim=True), C
 
 
-def _solve(a, b, C, eps, max_iter, tol):
+def _solve(a, b, C, eps, max_iter, tol, **kw):
     return block.solve(a.contiguous(), b.contiguous(), C[None].contiguous(), eps, max_iter, tol,
-                       values=True)
+                       values=True, **kw)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -229,3 +229,50 @@ def test_eps_underflow_check_uses_the_one_pass_max_abs(sign):
         with pytest.raises(ValueError, match=r"too small for this cost .* max\|C\|/eps"):
             sinkhorn(a, b, cost, 1e-37)
     assert torch.isfinite(sinkhorn(a, b, C, 100.0).objective).all()  # a usable eps passes
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("tol", [0.0, 1e-4, 1e-30])
+@pytest.mark.parametrize("B,n,m,max_iter", [(1, 2, 2, 100), (37, 13, 11, 100), (40, 9, 6, 300),
+                                            (33, 78, 22, 60), (5, 1, 5, 100)])
+def test_fixed_point_stop_is_bit_identical(dtype, tol, B, n, m, max_iter):
+    """A lane stops computing once its v repeats bit for bit (an exact floating-point fixed
+    point); every output, n_iter and the values included, equals running every iteration.
+    tol=1e-30 is never met: those problems run to max_iter through their fixed points."""
+    a, b, C = _problem(B, n, m, dtype, seed=B + n)
+    a[::4] = 1 / n  # some problems reach their fixed point sooner than others
+    a = a / a.sum(-1, keepdim=True)
+    g0 = 0.01 * torch.randn(B, m, generator=torch.Generator().manual_seed(1)).to(dtype)
+    for g_init in (None, g0):
+        args = (a, b, C[None].contiguous(), 0.1, max_iter, tol, True, g_init)
+        stop, full = block.solve(*args), block.solve(*args, fixed_stop=False)
+        for x, y in zip(stop, full, strict=True):
+            assert torch.equal(x, y)
+    if tol == 0.0:  # the returned iterate is that of max_iter iterations
+        assert bool((stop[2] == max_iter).all())
+
+
+def test_fixed_point_reached_before_max_iter():
+    """Most float32 problems reach an exact fixed point well inside 100 iterations (what the
+    stop saves): their rows at max_iter 60, 100 and 400 are the same, bit for bit."""
+    a, b, C = _problem(64, 7, 5, torch.float32, seed=4)
+    outs = [_solve(a, b, C, 0.1, k, 0.0, fixed_stop=False) for k in (60, 100, 400)]
+    fixed = torch.ones(64, dtype=torch.bool)
+    for other in outs[1:]:
+        for x, y in zip(outs[0][:2] + outs[0][6:], other[:2] + other[6:], strict=True):
+            fixed &= (x == y).reshape(64, -1).all(-1)
+    assert int(fixed.sum()) >= 32  # 40 of 64 at the time of writing
+
+
+def test_fixed_point_stop_with_absorption(monkeypatch):
+    """Problems absorbed into the log domain and ones stopped at a fixed point, in one call:
+    the same outputs with and without the stop."""
+    a, b, C = random_problem(20, 7, 6, seed=8)
+    a[:5, :3] = 1e-4
+    a = a / a.sum(-1, keepdim=True)
+    monkeypatch.setitem(scaling.SAFE_RANGE, torch.float64, (1e-3, 1e4))
+    args = (a, b, C[None].contiguous(), 0.05, 3000, 0.0, True)
+    stop, full = block.solve(*args), block.solve(*args, fixed_stop=False)
+    assert stop[4][:5].all() and not stop[4][5:].any()
+    for x, y in zip(stop, full, strict=True):
+        assert torch.equal(x, y)
