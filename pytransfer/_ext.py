@@ -3,15 +3,16 @@ call it (:func:`call`).
 
 The extension takes tensors as raw data pointers plus sizes (it links no libtorch), so a wrong
 dtype, shape, device or layout is memory corruption, not an error. :func:`call` is the boundary:
-every tensor argument is declared with :func:`src` (read), :func:`dst` (written) or
-:func:`out` (a fresh output allocated here from its declaration) and the shape the kernel will
-assume; the call checks each against the declaration, keeps the contiguous copies of inputs
-alive until the kernel returns, names the dtype and passes the thread count.
+every tensor argument is declared with :func:`src` (read), :func:`dst` (written),
+:func:`out` (a fresh output allocated here from its declaration) or :class:`Outputs` (several
+fresh outputs in one allocation) and the shape the kernel will assume; the call checks each
+against the declaration, keeps the contiguous copies of inputs alive until the kernel
+returns, names the dtype and passes the thread count.
 
 Cost (issue 13, fixed per-call overhead): the common case is one combined comparison per
 buffer (device, dtype, contiguity, shape as one tuple compare); only a failing buffer takes
-the slow path that says what is wrong. :func:`out` buffers need no check: their tensor was
-made here from the very shape and dtype the kernel is told.
+the slow path that says what is wrong. :func:`out` buffers and :class:`Outputs` need no
+check: their memory was allocated here from the very shapes and dtypes the kernel is told.
 """
 
 from __future__ import annotations
@@ -80,6 +81,53 @@ def out(dtype: torch.dtype, size: int, *sizes: int) -> Buffer:
                    True))
 
 
+class Layout:
+    """Where the outputs of one kernel call lie in one allocation (:class:`Outputs`): slots of
+    (dtype, shape), each at a 64-byte boundary (as aligned as a fresh tensor)."""
+
+    __slots__ = ("dtype", "nbytes", "offsets", "slots")
+
+    def __init__(self, *slots: tuple[torch.dtype, tuple[int, ...]]) -> None:
+        self.dtype = slots[0][0]  # the allocation's dtype: views of it need no reinterpretation
+        self.slots, offsets, end = [], [], 0
+        for dtype, shape in slots:
+            itemsize = _PROTOTYPES[dtype].element_size()
+            strides, step = [], 1
+            for size in reversed(shape):
+                strides.append(step)
+                step *= size
+            self.slots.append((dtype, shape, tuple(reversed(strides)), end // itemsize))
+            offsets.append(end)
+            end += -(-step * itemsize // 64) * 64
+        self.offsets, self.nbytes = tuple(offsets), max(end, 64)
+
+
+class Outputs:
+    """Fresh outputs of one kernel call in one allocation (an allocation costs about 1 us,
+    issue 13), laid out by a :class:`Layout`: passed to :func:`call` as one argument (a data
+    pointer per slot, in order) that needs no check, read back as views (:meth:`tensor`) of
+    only the slots a caller uses."""
+
+    __slots__ = ("_typed", "flat", "layout")
+
+    def __init__(self, layout: Layout) -> None:
+        itemsize = _PROTOTYPES[layout.dtype].element_size()
+        self.flat = _PROTOTYPES[layout.dtype].new_empty(layout.nbytes // itemsize)
+        self.layout, self._typed = layout, None
+
+    def tensor(self, i: int) -> torch.Tensor:
+        """Slot ``i`` as a contiguous tensor (a view: it keeps the allocation alive)."""
+        dtype, shape, strides, offset = self.layout.slots[i]
+        flat = self.flat
+        if dtype is not flat.dtype:
+            if self._typed is None:
+                self._typed = {}
+            flat = self._typed.get(dtype)
+            if flat is None:
+                flat = self._typed[dtype] = self.flat.view(dtype)
+        return flat.as_strided(shape, strides, offset)
+
+
 #: argument types passed through as they are (anything else is checked for a bare tensor)
 _SCALARS = frozenset((int, float, bool, str))
 
@@ -116,8 +164,15 @@ def call(name: str, dtype: torch.dtype, *args: Any, threads: bool | int = True) 
     alive, flat = [], []  # alive: the contiguous copies, held until the kernel has returned
     for i, arg in enumerate(args):
         kind = type(arg)
+        if kind in _SCALARS:
+            flat.append(arg)
+            continue
         if kind is not Buffer:
-            if kind not in _SCALARS and isinstance(arg, torch.Tensor):
+            if kind is Outputs:  # allocated here from its layout: one pointer per slot
+                base = arg.flat.data_ptr()
+                flat.extend([base + offset for offset in arg.layout.offsets])
+                continue
+            if isinstance(arg, torch.Tensor):
                 raise TypeError(f"{name}: argument {i} is a bare tensor; declare it with src/dst")
             flat.append(arg)
             continue
