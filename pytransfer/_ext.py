@@ -81,6 +81,12 @@ def out(dtype: torch.dtype, size: int, *sizes: int) -> Buffer:
                    True))
 
 
+def zeros(dtype: torch.dtype, size: int, *sizes: int) -> Buffer:
+    """:func:`out` filled with zeros: a fresh accumulator the kernel adds into."""
+    return Buffer((_PROTOTYPES[dtype].new_zeros(size, *sizes), (size, *sizes), dtype, True,
+                   True))
+
+
 class Layout:
     """Where the outputs of one kernel call lie in one allocation (:class:`Outputs`): slots of
     (dtype, shape), each at a 64-byte boundary (as aligned as a fresh tensor)."""
