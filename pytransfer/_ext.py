@@ -2,7 +2,8 @@
 call it (:func:`call`).
 
 The extension takes tensors as raw data pointers plus sizes (it links no libtorch), so a wrong
-dtype, shape, device or layout is memory corruption, not an error. :func:`call` is the boundary:
+dtype, shape, device or layout is memory corruption, not an error. :func:`call` (and
+:func:`bound`, the same call prepared but not made) is the boundary:
 every tensor argument is declared with :func:`src` (read), :func:`dst` (written),
 :func:`out` (a fresh output allocated here from its declaration) or :class:`Outputs` (several
 fresh outputs in one allocation) and the shape the kernel will assume; the call checks each
@@ -17,6 +18,7 @@ check: their memory was allocated here from the very shapes and dtypes the kerne
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -162,12 +164,33 @@ def call(name: str, dtype: torch.dtype, *args: Any, threads: bool | int = True) 
     :class:`Buffer` argument checked and passed as a data pointer; other arguments as given.
     ``threads``: True passes the thread count, an int a smaller one (the caller's work items,
     so no thread waits at the kernel's barriers with nothing to do), False none."""
+    kernel, dname, flat, alive = _arguments(name, dtype, args, threads)
+    result = kernel(dname, *flat)
+    del alive
+    return result
+
+
+def bound(name: str, dtype: torch.dtype, *args: Any,
+          threads: bool | int = True) -> functools.partial:
+    """:func:`call`'s kernel with its checked arguments bound, not called: calling it runs the
+    C++ kernel alone (``pytransfer.bench`` times the Python around a call against it). It
+    keeps the contiguous copies it made; the caller keeps the buffers it passed alive."""
+    kernel, dname, flat, alive = _arguments(name, dtype, args, threads)
+    run = functools.partial(kernel, dname, *flat)
+    run.copies = alive
+    return run
+
+
+def _arguments(name: str, dtype: torch.dtype, args: tuple,
+               threads: bool | int) -> tuple[Any, str, list, list]:
+    """(the kernel, the dtype's name, the flat arguments, the contiguous copies they point
+    into, which must stay alive until the kernel has returned)."""
     if _C is None:
         raise RuntimeError(IMPORT_ERROR)
     dname = DTYPE_NAMES.get(dtype)
     if dname is None:
         raise TypeError(f"{name}: the C++ kernels take float32 or float64, got {dtype}")
-    alive, flat = [], []  # alive: the contiguous copies, held until the kernel has returned
+    alive, flat = [], []
     for i, arg in enumerate(args):
         kind = type(arg)
         if kind in _SCALARS:
@@ -205,6 +228,4 @@ def call(name: str, dtype: torch.dtype, *args: Any, threads: bool | int = True) 
         flat.append(torch.get_num_threads())
     elif threads:
         flat.append(threads)
-    result = getattr(_C, name)(dname, *flat)
-    del alive
-    return result
+    return getattr(_C, name), dname, flat, alive

@@ -62,14 +62,15 @@ def _layout(dtype: torch.dtype, B: int, n: int, m: int) -> _ext.Layout:
                        (dtype, (B, n)), (dtype, (B, m)))
 
 
-def _call(a, b, cost, eps, max_iter, tol, g_init, outs) -> None:
-    """The kernel call: ``outs`` its outputs, an ``_ext.Outputs`` or ``_ext`` buffers."""
+def _call(a, b, cost, eps, max_iter, tol, g_init, outs, call=None):
+    """The kernel call (``call``: ``_ext.call`` by default, or ``_ext.bound``): ``outs`` its
+    outputs, an ``_ext.Outputs`` or ``_ext`` buffers."""
     (B, n), m, dtype = a.shape, b.shape[1], a.dtype
     lo, hi = scaling.SAFE_RANGE[dtype]
-    _ext.call("sinkhorn_block", dtype, _ext.src(a, B, n), _ext.src(b, B, m),
-              _ext.src(cost, 1, n, m), B, n, m, eps, max_iter, tol, lo, hi,
-              _ext.src(g_init, B, m), *outs,
-              threads=max(1, min(torch.get_num_threads(), -(-B // LANES[dtype]))))
+    return (call or _ext.call)(
+        "sinkhorn_block", dtype, _ext.src(a, B, n), _ext.src(b, B, m), _ext.src(cost, 1, n, m),
+        B, n, m, eps, max_iter, tol, lo, hi, _ext.src(g_init, B, m), *outs,
+        threads=max(1, min(torch.get_num_threads(), -(-B // LANES[dtype]))))
 
 
 def run(a, b, cost, eps, max_iter, tol, g_init=None) -> _ext.Outputs:
@@ -80,6 +81,15 @@ def run(a, b, cost, eps, max_iter, tol, g_init=None) -> _ext.Outputs:
     outs = _ext.Outputs(_layout(dtype, B, n, m))
     _call(a, b, cost, eps, max_iter, tol, g_init, (outs,))
     return outs
+
+
+def bound(a, b, cost, eps, max_iter, tol):
+    """(:func:`run`'s kernel call prepared once, arguments checked and bound: calling it runs
+    the C++ kernel alone, the floor under every wrapper; its outputs, ``_ext.Outputs``). The
+    caller keeps a, b and cost alive."""
+    (B, n), m, dtype = a.shape, b.shape[1], a.dtype
+    outs = _ext.Outputs(_layout(dtype, B, n, m))
+    return _call(a, b, cost, eps, max_iter, tol, None, (outs,), _ext.bound), outs
 
 
 def solve(a, b, cost, eps, max_iter, tol, values=False, g_init=None):
