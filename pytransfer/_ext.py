@@ -6,8 +6,8 @@ dtype, shape, device or layout is memory corruption, not an error. :func:`call` 
 :func:`bound`, the same call prepared but not made) is the boundary:
 every tensor argument is declared with :func:`src` (read), :func:`dst` (written),
 :func:`out` (a fresh output allocated here from its declaration) or :class:`Outputs` (several
-fresh outputs in one allocation) and the shape the kernel will assume; the call checks each
-against the declaration, keeps the contiguous copies of inputs alive until the kernel
+fresh outputs in one allocation) and the shape the kernel will assume; the call checks
+each against the declaration, keeps the contiguous copies of inputs alive until the kernel
 returns, names the dtype and passes the thread count.
 
 Cost (issue 13, fixed per-call overhead): the common case is one combined comparison per
@@ -90,13 +90,15 @@ def zeros(dtype: torch.dtype, size: int, *sizes: int) -> Buffer:
 
 
 class Layout:
-    """Where the outputs of one kernel call lie in one allocation (:class:`Outputs`): slots of
-    (dtype, shape), each at a 64-byte boundary (as aligned as a fresh tensor)."""
+    """Where the outputs of one kernel call lie in one allocation (:class:`Outputs`), of the
+    first slot's dtype: slots of (dtype, shape), each at a 64-byte boundary (as aligned as a
+    fresh tensor)."""
 
-    __slots__ = ("dtype", "nbytes", "offsets", "slots")
+    __slots__ = ("dtype", "numel", "offsets", "slots")
 
     def __init__(self, *slots: tuple[torch.dtype, tuple[int, ...]]) -> None:
-        self.dtype = slots[0][0]  # the allocation's dtype: views of it need no reinterpretation
+        self.dtype = slots[0][0]
+        #: per slot: (dtype, shape, strides, offset in its dtype's entries)
         self.slots, offsets, end = [], [], 0
         for dtype, shape in slots:
             itemsize = _PROTOTYPES[dtype].element_size()
@@ -107,33 +109,31 @@ class Layout:
             self.slots.append((dtype, shape, tuple(reversed(strides)), end // itemsize))
             offsets.append(end)
             end += -(-step * itemsize // 64) * 64
-        self.offsets, self.nbytes = tuple(offsets), max(end, 64)
+        self.offsets = tuple(offsets)  # in bytes
+        self.numel = max(end, 64) // _PROTOTYPES[self.dtype].element_size()
 
 
 class Outputs:
     """Fresh outputs of one kernel call in one allocation (an allocation costs about 1 us,
     issue 13), laid out by a :class:`Layout`: passed to :func:`call` as one argument (a data
-    pointer per slot, in order) that needs no check, read back as views (:meth:`tensor`) of
-    only the slots a caller uses."""
+    pointer per slot, in order) that needs no check, read back (:meth:`tensor`) for only the
+    slots a caller uses."""
 
-    __slots__ = ("_typed", "flat", "layout")
+    __slots__ = ("flat", "layout")
 
     def __init__(self, layout: Layout) -> None:
-        itemsize = _PROTOTYPES[layout.dtype].element_size()
-        self.flat = _PROTOTYPES[layout.dtype].new_empty(layout.nbytes // itemsize)
-        self.layout, self._typed = layout, None
+        self.flat = _PROTOTYPES[layout.dtype].new_empty(layout.numel)
+        self.layout = layout
 
     def tensor(self, i: int) -> torch.Tensor:
-        """Slot ``i`` as a contiguous tensor (a view: it keeps the allocation alive)."""
+        """Slot ``i`` as a contiguous tensor: a view (it keeps the allocation alive), or a copy
+        for a slot of another dtype than the allocation's (a view would show one storage as
+        two dtypes, which torch.save refuses)."""
         dtype, shape, strides, offset = self.layout.slots[i]
         flat = self.flat
-        if dtype is not flat.dtype:
-            if self._typed is None:
-                self._typed = {}
-            flat = self._typed.get(dtype)
-            if flat is None:
-                flat = self._typed[dtype] = self.flat.view(dtype)
-        return flat.as_strided(shape, strides, offset)
+        if dtype is flat.dtype:
+            return flat.as_strided(shape, strides, offset)
+        return flat.view(dtype).as_strided(shape, strides, offset).clone()
 
 
 #: argument types passed through as they are (anything else is checked for a bare tensor)

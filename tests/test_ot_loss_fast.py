@@ -1,6 +1,9 @@
 """The fixed per-call economies of OTLoss's fast path (issue 13) change no value: the block
-kernel's outputs in one allocation (``_ext.Outputs``), ``last_result`` made on first read,
-the reduction inside the autograd Function, the settings checked once per assignment."""
+kernel's outputs in one allocation (``_ext.Outputs``), ``last_result`` made on
+first read, the reduction inside the autograd Function, the settings checked once per
+assignment."""
+
+import io
 
 import pytest
 import torch
@@ -157,3 +160,21 @@ def test_bound_kernel_call_equals_the_call():
         kernel()
         for i in range(10):
             assert torch.equal(outs.tensor(i), want.tensor(i))
+
+
+@pytest.mark.parametrize("read", [False, True])
+def test_module_saves_with_its_last_result(read):
+    """torch.save takes the module after a fast forward, last_result read or not (no storage
+    is viewed as two dtypes), and the copy's last_result equals the original's."""
+    ps, pt, cost = _problem()
+    loss = OTLoss(cost, eps=0.2, tol=1e-6)
+    (x,) = _leaves(ps)
+    loss(x, pt)
+    if read:
+        assert loss.last_result is not None
+    buffer = io.BytesIO()
+    torch.save(loss, buffer)
+    buffer.seek(0)
+    copy = torch.load(buffer, weights_only=False)
+    for got, want in zip(copy.last_result, loss.last_result, strict=True):
+        assert (got is None and want is None) or torch.equal(got, want)

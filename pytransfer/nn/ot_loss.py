@@ -64,7 +64,7 @@ class OTLoss(torch.nn.Module):
     @property
     def last_result(self) -> SinkhornResult | None:
         """The last forward's ``SinkhornResult``, detached; after the fast path, made on first
-        read (views of the kernel's outputs)."""
+        read from the kernel's outputs."""
         last = self._last
         if type(last) is _ext.Outputs:
             last = self._last = SinkhornResult(*(last.tensor(i) for i in (6, 7, 0, 1, 2, 3, 5)))

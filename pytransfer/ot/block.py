@@ -7,7 +7,11 @@ the values <P, C> and <P, C> + eps KL(P || a b^T) as by-products.
 
 It is the CPU backend of the scaling op (``_ops.sinkhorn_scaling_cpu``), and
 ``pytransfer::sinkhorn_dual_cpu`` is the whole ``grad="dual"`` forward in one op, whose
-backward is JTLN eq. 11: the centred potentials, returned by the forward.
+backward is JTLN eq. 11: the centred potentials, returned by the forward. Eager callers that
+read few of the outputs (``OTLoss``) take :func:`run` (the outputs in one allocation, read
+as views) and :func:`transport_cost` (the reduced value in one autograd node); :func:`bound`
+is the kernel call alone, for the benchmark of the Python around it (issue 13, per-call
+overhead).
 
 Cost model (CPU, measured 1 thread, fp32, 20-100 iterations): the block kernel beats the
 batched GEMM loop at every B for K of up to 1716 elements (78 x 22: 2.5-3.2x at B = 256-4096)
@@ -74,9 +78,9 @@ def _call(a, b, cost, eps, max_iter, tol, g_init, outs, call=None):
 
 
 def run(a, b, cost, eps, max_iter, tol, g_init=None) -> _ext.Outputs:
-    """:func:`solve` with ``values``, its outputs in one allocation (``_ext.Outputs``, slots in
-    :func:`solve`'s order), so an eager caller makes views of only those it reads (views of
-    one allocation: not for a custom op's returns, which may not alias each other)."""
+    """:func:`solve` with ``values``, its outputs in one allocation (``_ext.Outputs``, slots
+    in :func:`solve`'s order), so an eager caller reads only those it needs (views of one
+    allocation: not for a custom op's returns, which may not alias each other)."""
     (B, n), m, dtype = a.shape, b.shape[1], a.dtype
     outs = _ext.Outputs(_layout(dtype, B, n, m))
     _call(a, b, cost, eps, max_iter, tol, g_init, (outs,))
@@ -194,10 +198,10 @@ class _DualTransport(torch.autograd.Function):
     """:class:`_Dual` when only ``transport_cost`` carries gradient (``OTLoss``), reduced
     ("mean", "sum" or "none"): one output, no separate reduction node. The settings come as
     one tuple (eps, max_iter, tol, g_init, reduction); the kernel's outputs come back through
-    ``out`` (:func:`run`: one allocation). The backward reads the centred potentials (and the
-    potentials, for the plan when the cost needs a gradient) as views of that allocation,
-    which ``ctx`` keeps, not as saved tensors: a caller's in-place change of another view of
-    it (say ``last_result.f``) cannot trip the saved-version check."""
+    ``out`` (:func:`run`). The backward reads the centred potentials (and the potentials, for
+    the plan when the cost needs a gradient) as views of their allocation, which ``ctx``
+    keeps, not as saved tensors: a caller's in-place change of another view of it (say
+    ``last_result.f``) cannot trip the saved-version check."""
 
     @staticmethod
     def forward(ctx, a, b, cost, settings, out):
@@ -205,7 +209,7 @@ class _DualTransport(torch.autograd.Function):
         outs = run(a, b, cost, eps, max_iter, tol, g_init)
         out.append(outs)
         ctx.set_materialize_grads(False)
-        ctx.outs, ctx.eps, ctx.reduction = outs, eps, reduction
+        ctx.outs, ctx.eps, ctx.reduction, ctx.batch = outs, eps, reduction, a.shape[0]
         if ctx.needs_input_grad[2]:
             ctx.save_for_backward(a, b, cost)
         # "none": a copy (an output that is a view made here may not be changed in place)
@@ -221,8 +225,7 @@ class _DualTransport(torch.autograd.Function):
         if reduction == "none":
             w = grad[:, None]
         else:
-            batch = outs.layout.slots[6][1][0]
-            w = grad / batch if reduction == "mean" and batch > 1 else grad
+            w = grad / ctx.batch if reduction == "mean" and ctx.batch > 1 else grad
         grad_C = None
         if need_C:
             plan = plan_from_potentials(*ctx.saved_tensors, outs.tensor(0), outs.tensor(1),
@@ -233,8 +236,9 @@ class _DualTransport(torch.autograd.Function):
 
 
 def _reduce(values: torch.Tensor, reduction: str, copy: bool = False) -> torch.Tensor:
-    """values.mean() ("mean": on CPU that is sum, then divide: the same bits for one division
-    op less), .sum() or, "none", the values (a copy with ``copy``)."""
+    """values.mean() ("mean": computed as torch's CPU mean computes it, sum then divide in
+    place, the same bits one allocation cheaper), .sum() or, "none", the values (a copy with
+    ``copy``)."""
     if reduction == "mean":
         return values.sum().div_(values.shape[0])
     if reduction == "sum":
