@@ -135,6 +135,11 @@ class Outputs:
             return flat.as_strided(shape, strides, offset)
         return flat.view(dtype).as_strided(shape, strides, offset).clone()
 
+    def all(self, i: int) -> bool:
+        """Whether every entry of slot ``i`` is nonzero (read in place: no copy)."""
+        dtype, shape, strides, offset = self.layout.slots[i]
+        return bool(self.flat.view(dtype).as_strided(shape, strides, offset).all())
+
 
 #: argument types passed through as they are (anything else is checked for a bare tensor)
 _SCALARS = frozenset((int, float, bool, str))

@@ -52,6 +52,10 @@ def test_outputs_are_aligned_disjoint_slots_of_one_allocation():
     flat.view(torch.int64)[outs.layout.slots[1][3]:][:3] = torch.tensor([4, 5, 6])
     assert torch.equal(outs.tensor(1), torch.tensor([4, 5, 6]))  # the copy holds the values
     torch.save([outs.tensor(i) for i in range(len(SLOTS))], io.BytesIO())
+    flat.view(torch.bool)[outs.layout.offsets[2]:][:3] = torch.tensor([True, False, True])
+    assert not outs.all(2) and outs.tensor(2).tolist() == [True, False, True]
+    flat.view(torch.bool)[outs.layout.offsets[2] + 1] = True
+    assert outs.all(2) and outs.all(3)  # (empty: all)
 
 
 def test_call_passes_a_pointer_per_slot_in_order(monkeypatch):

@@ -141,8 +141,8 @@ class OTLoss(torch.nn.Module):
         # tol=0 asks for exactly max_iter iterations: nothing to warn about
         if self.tol > 0 and not self._warned:
             last = self._last  # the fast path's converged flags without the whole last_result
-            converged = last.tensor(5) if type(last) is _ext.Outputs else last.converged
-            if not bool(converged.all()):
+            if not (last.all(5) if type(last) is _ext.Outputs else bool(last.converged.all())):
+                converged = self.last_result.converged
                 self._warned = True
                 warnings.warn(f"OTLoss: {int((~converged).sum())} of {converged.numel()} "
                               f"Sinkhorn problems did not converge in max_iter={self.max_iter} "
