@@ -73,12 +73,14 @@ def gaussian_kernels(
 def _moments_cpu(xs: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum ||z||^2 (1,), sum z (d,)) over the pooled rows, z = x - xs[0], float64: one pass
     of the C++ kernel per input."""
-    d = xs.shape[1]
+    (ns, d), nt = xs.shape, xt.shape[0]
     colsum, sq = _ext.zeros(torch.float64, d), _ext.zeros(torch.float64, 1)
-    shift = _ext.src(xs.detach()[0], d)  # (a view off the graph: no autograd node)
-    for x in (xs, xt):
-        _ext.call("mmd_moments", x.dtype, _ext.src(x, x.shape[0], d), x.shape[0], d, shift,
-                  colsum, sq)
+    source = _ext.src(xs, ns, d)
+    # the shift xs[0]: the kernel reads it at the start of xs itself (no view made; an empty
+    # xs has no first row: indexing it raises, as it always did)
+    shift = source if ns else _ext.src(xs.detach()[0], d)
+    for x, rows in ((source, ns), (_ext.src(xt, nt, d), nt)):
+        _ext.call("mmd_moments", xs.dtype, x, rows, d, shift, colsum, sq)
     return sq.tensor, colsum.tensor
 
 
