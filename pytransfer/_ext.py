@@ -3,12 +3,12 @@ call it (:func:`call`).
 
 The extension takes tensors as raw data pointers plus sizes (it links no libtorch), so a wrong
 dtype, shape, device or layout is memory corruption, not an error. :func:`call` (and
-:func:`bound`, the same call prepared but not made) is the boundary:
-every tensor argument is declared with :func:`src` (read), :func:`dst` (written),
-:func:`out` (a fresh output allocated here from its declaration) or :class:`Outputs` (several
-fresh outputs in one allocation) and the shape the kernel will assume; the call checks
-each against the declaration, keeps the contiguous copies of inputs alive until the kernel
-returns, names the dtype and passes the thread count.
+:func:`bound`, the same call prepared but not made) is the boundary: every tensor argument is
+declared with :func:`src` (read), :func:`dst` (written), :func:`out` (a fresh output allocated
+here from its declaration) or :class:`Outputs` (several fresh outputs in one allocation) and
+the shape the kernel will assume; the call checks each against the declaration, keeps the
+contiguous copies of inputs alive until the kernel returns, names the dtype and passes the
+thread count.
 
 Cost (issue 13, fixed per-call overhead): the common case is one combined comparison per
 buffer (device, dtype, contiguity, shape as one tuple compare); only a failing buffer takes
@@ -109,7 +109,7 @@ class Layout:
             self.slots.append((dtype, shape, tuple(reversed(strides)), end // itemsize))
             offsets.append(end)
             end += -(-step * itemsize // 64) * 64
-        self.offsets = tuple(offsets)  # in bytes
+        self.slots, self.offsets = tuple(self.slots), tuple(offsets)  # offsets in bytes
         self.numel = max(end, 64) // _PROTOTYPES[self.dtype].element_size()
 
 
