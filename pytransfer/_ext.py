@@ -2,20 +2,23 @@
 call it (:func:`call`).
 
 The extension takes tensors as raw data pointers plus sizes (it links no libtorch), so a wrong
-dtype, shape, device or layout is memory corruption, not an error. :func:`call` is the boundary:
-every tensor argument is declared with :func:`src` (read), :func:`dst` (written) or
-:func:`out` (a fresh output allocated here from its declaration) and the shape the kernel will
-assume; the call checks each against the declaration, keeps the contiguous copies of inputs
-alive until the kernel returns, names the dtype and passes the thread count.
+dtype, shape, device or layout is memory corruption, not an error. :func:`call` (and
+:func:`bound`, the same call prepared but not made) is the boundary: every tensor argument is
+declared with :func:`src` (read), :func:`dst` (written), :func:`out` (a fresh output allocated
+here from its declaration) or :class:`Outputs` (several fresh outputs in one allocation) and
+the shape the kernel will assume; the call checks each against the declaration, keeps the
+contiguous copies of inputs alive until the kernel returns, names the dtype and passes the
+thread count.
 
 Cost (issue 13, fixed per-call overhead): the common case is one combined comparison per
 buffer (device, dtype, contiguity, shape as one tuple compare); only a failing buffer takes
-the slow path that says what is wrong. :func:`out` buffers need no check: their tensor was
-made here from the very shape and dtype the kernel is told.
+the slow path that says what is wrong. :func:`out` buffers and :class:`Outputs` need no
+check: their memory was allocated here from the very shapes and dtypes the kernel is told.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -80,6 +83,64 @@ def out(dtype: torch.dtype, size: int, *sizes: int) -> Buffer:
                    True))
 
 
+def zeros(dtype: torch.dtype, size: int, *sizes: int) -> Buffer:
+    """:func:`out` filled with zeros: a fresh accumulator the kernel adds into."""
+    return Buffer((_PROTOTYPES[dtype].new_zeros(size, *sizes), (size, *sizes), dtype, True,
+                   True))
+
+
+class Layout:
+    """Where the outputs of one kernel call lie in one allocation (:class:`Outputs`), of the
+    first slot's dtype: slots of (dtype, shape), each at a 64-byte boundary (as aligned as a
+    fresh tensor)."""
+
+    __slots__ = ("dtype", "numel", "offsets", "slots")
+
+    def __init__(self, *slots: tuple[torch.dtype, tuple[int, ...]]) -> None:
+        self.dtype = slots[0][0]
+        #: per slot: (dtype, shape, strides, offset in its dtype's entries)
+        self.slots, offsets, end = [], [], 0
+        for dtype, shape in slots:
+            itemsize = _PROTOTYPES[dtype].element_size()
+            strides, step = [], 1
+            for size in reversed(shape):
+                strides.append(step)
+                step *= size
+            self.slots.append((dtype, shape, tuple(reversed(strides)), end // itemsize))
+            offsets.append(end)
+            end += -(-step * itemsize // 64) * 64
+        self.slots, self.offsets = tuple(self.slots), tuple(offsets)  # offsets in bytes
+        self.numel = max(end, 64) // _PROTOTYPES[self.dtype].element_size()
+
+
+class Outputs:
+    """Fresh outputs of one kernel call in one allocation (an allocation costs about 1 us,
+    issue 13), laid out by a :class:`Layout`: passed to :func:`call` as one argument (a data
+    pointer per slot, in order) that needs no check, read back (:meth:`tensor`) for only the
+    slots a caller uses."""
+
+    __slots__ = ("flat", "layout")
+
+    def __init__(self, layout: Layout) -> None:
+        self.flat = _PROTOTYPES[layout.dtype].new_empty(layout.numel)
+        self.layout = layout
+
+    def tensor(self, i: int) -> torch.Tensor:
+        """Slot ``i`` as a contiguous tensor: a view (it keeps the allocation alive), or a copy
+        for a slot of another dtype than the allocation's (a view would show one storage as
+        two dtypes, which torch.save refuses)."""
+        dtype, shape, strides, offset = self.layout.slots[i]
+        flat = self.flat
+        if dtype is flat.dtype:
+            return flat.as_strided(shape, strides, offset)
+        return flat.view(dtype).as_strided(shape, strides, offset).clone()
+
+    def all(self, i: int) -> bool:
+        """Whether every entry of slot ``i`` is nonzero (read in place: no copy)."""
+        dtype, shape, strides, offset = self.layout.slots[i]
+        return bool(self.flat.view(dtype).as_strided(shape, strides, offset).all())
+
+
 #: argument types passed through as they are (anything else is checked for a bare tensor)
 _SCALARS = frozenset((int, float, bool, str))
 
@@ -108,16 +169,44 @@ def call(name: str, dtype: torch.dtype, *args: Any, threads: bool | int = True) 
     :class:`Buffer` argument checked and passed as a data pointer; other arguments as given.
     ``threads``: True passes the thread count, an int a smaller one (the caller's work items,
     so no thread waits at the kernel's barriers with nothing to do), False none."""
+    kernel, dname, flat, alive = _arguments(name, dtype, args, threads)
+    result = kernel(dname, *flat)
+    del alive
+    return result
+
+
+def bound(name: str, dtype: torch.dtype, *args: Any,
+          threads: bool | int = True) -> functools.partial:
+    """:func:`call`'s kernel with its checked arguments bound, not called: calling it runs the
+    C++ kernel alone (``pytransfer.bench`` times the Python around a call against it). It
+    keeps the contiguous copies it made; the caller keeps the buffers it passed alive."""
+    kernel, dname, flat, alive = _arguments(name, dtype, args, threads)
+    run = functools.partial(kernel, dname, *flat)
+    run.copies = alive
+    return run
+
+
+def _arguments(name: str, dtype: torch.dtype, args: tuple,
+               threads: bool | int) -> tuple[Any, str, list, list]:
+    """(the kernel, the dtype's name, the flat arguments, the contiguous copies they point
+    into, which must stay alive until the kernel has returned)."""
     if _C is None:
         raise RuntimeError(IMPORT_ERROR)
     dname = DTYPE_NAMES.get(dtype)
     if dname is None:
         raise TypeError(f"{name}: the C++ kernels take float32 or float64, got {dtype}")
-    alive, flat = [], []  # alive: the contiguous copies, held until the kernel has returned
+    alive, flat = [], []
     for i, arg in enumerate(args):
         kind = type(arg)
+        if kind in _SCALARS:
+            flat.append(arg)
+            continue
         if kind is not Buffer:
-            if kind not in _SCALARS and isinstance(arg, torch.Tensor):
+            if kind is Outputs:  # allocated here from its layout: one pointer per slot
+                base = arg.flat.data_ptr()
+                flat.extend([base + offset for offset in arg.layout.offsets])
+                continue
+            if isinstance(arg, torch.Tensor):
                 raise TypeError(f"{name}: argument {i} is a bare tensor; declare it with src/dst")
             flat.append(arg)
             continue
@@ -144,6 +233,4 @@ def call(name: str, dtype: torch.dtype, *args: Any, threads: bool | int = True) 
         flat.append(torch.get_num_threads())
     elif threads:
         flat.append(threads)
-    result = getattr(_C, name)(dname, *flat)
-    del alive
-    return result
+    return getattr(_C, name), dname, flat, alive

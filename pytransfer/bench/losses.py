@@ -5,6 +5,9 @@ would write by hand in torch (same inputs, same value).
   loop (scaling-form Sinkhorn, 100 iterations, the dual gradient passed to
   ``autograd.backward``) at B=128 5x5, B=128 78x22, B=512 78x22: target >= 3x. Quick runs
   add the whole-call overhead at B=1, 2x2.
+- The fixed per-call overhead (issue 13): the whole ``OTLoss`` forward call at B=1, 2x2 on an
+  input requiring grad against the raw kernel call it makes (its arguments bound once):
+  their difference, wrapper, validation and dispatch, is the metric (target <= 50 us).
 - ``MKMMDLoss`` (linear, 19 kernels; JTLN eq. 14) vs a hand-written O(n d) estimator at n=64
   d=256 (target >= 2x), n=256 d=2048 and, in full runs, n=128 d=1024 and the overhead size
   n=64 d=8.
@@ -19,12 +22,16 @@ run along B*n*m and n*d (one line across the stated sizes).
 
 from __future__ import annotations
 
+import statistics
+
 import torch
 
 from pytransfer.bench.lautum import HAND, _compared, loss_fwd_bwd, loss_problem
+from pytransfer.bench.timing import time_call
 from pytransfer.bench.workload import Impl, Target, Work, Workload, fwd_bwd
 from pytransfer.mmd import gaussian_kernels
 from pytransfer.nn import HScore, MKMMDLoss, OTLoss
+from pytransfer.ot import block
 
 OT_EPS, OT_ITERS = 0.1, 100
 U = 19
@@ -36,6 +43,10 @@ MMD_SIZES = {"tiny": ((16, 8),), "quick": ((64, 256), (256, 2048)),
 HSCORE_SIZES = {"tiny": ((32, 8),), "quick": ((256, 64), (1024, 64)),
                 "full": ((256, 64), (1024, 64), (4096, 64))}
 LAUTUM_B = {"tiny": (64,), "quick": (128, 512), "full": (128, 256, 512)}
+RAW = "raw kernel call"
+#: the whole-call overhead's target (issue 13) and its (alternated rounds, calls per round)
+CALL_OVERHEAD_US = 50.0
+CALL_ROUNDS = {"tiny": (2, 10), "quick": (10, 200), "full": (10, 500)}
 
 
 # ------------------------------------------------------------------ OTLoss
@@ -85,6 +96,50 @@ def ot_workload(B: int, n: int, m: int, dtype=torch.float32) -> dict:
         value = hand_loss(x.softmax(-1), lt.softmax(-1))
         return value, x.grad
     return {"ours": ours, "hand-written": hand}
+
+
+def ot_call_workload(dtype=torch.float32) -> dict:
+    """{"ours": the whole OTLoss forward call at B=1, 2x2 on an input that requires grad (as
+    in training; no backward), RAW: the C++ kernel alone, its arguments checked and bound
+    once (``block.bound``)}: each returns the transport cost (B=1: the loss)."""
+    ls, lt, cost = ot_inputs(1, 2, 2, dtype=dtype)
+    ps, pt = ls.softmax(-1).requires_grad_(True), lt.softmax(-1)
+    loss = OTLoss(cost, eps=OT_EPS, max_iter=OT_ITERS, tol=0.0)
+    kernel, outs = block.bound(ps.detach(), pt, cost[None], OT_EPS, OT_ITERS, 0.0)
+    transport = outs.tensor(6)
+
+    def raw(inputs=(ps, pt, cost)):  # (keeps the memory the bound pointers point into)
+        kernel()
+        return transport
+    return {"ours": lambda: loss(ps, pt), RAW: raw}
+
+
+def _call_overhead(size: str):
+    """The metric: median whole call - median raw kernel call (us), the two timed in
+    alternated rounds so that both see the same state of a noisy machine."""
+    def metrics():
+        fns = ot_call_workload()
+        rounds, calls = CALL_ROUNDS[size]
+        times: dict[str, list[float]] = {k: [] for k in fns}
+        for _ in range(rounds):
+            for label, fn in fns.items():
+                fn()
+                times[label].append(time_call(fn, calls))
+        whole, raw = (statistics.median(times[k]) * 1e6 for k in ("ours", RAW))
+        return {f"whole call - {RAW}, us (alternated)": (whole - raw, CALL_OVERHEAD_US, "<=")}
+    return metrics
+
+
+def _call_workload(size: str) -> Workload:
+    fns = ot_call_workload()
+    ref = ot_call_workload(torch.float64)["ours"]
+    return Workload(
+        op="losses", family="OTLoss forward call", size=4, size_name="B*n*m",
+        detail=f"B=1, 2x2, eps={OT_EPS}, {OT_ITERS} it, input requiring grad, fp32: wrapper, "
+               f"validation and dispatch over the kernel", subject="ours",
+        impls={"ours": Impl(fns["ours"]), RAW: Impl(fns[RAW], anchor=True)},
+        reference=lambda: ref().detach(), metrics=_call_overhead(size),
+        rounds=CALL_ROUNDS[size][1] // 2)  # (times 10 calls: the harness's median)
 
 
 # ------------------------------------------------------------------ MK-MMD
@@ -184,4 +239,4 @@ def workloads(size: str, device: str = "cpu") -> list[Workload]:
     out += [_pair(f"HScore (soft-HGR), k={k}", n, "n", "fwd+bwd, fp32",
                   lambda dt, n=n, k=k: hscore_workload(n, k, dt), n, rounds)
             for n, k in HSCORE_SIZES[size]]
-    return out + [_lautum(B, size) for B in LAUTUM_B[size]]
+    return [_call_workload(size)] + out + [_lautum(B, size) for B in LAUTUM_B[size]]

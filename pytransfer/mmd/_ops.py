@@ -34,12 +34,11 @@ def linear_fwd_sums(xs, xt, gammas, weights, square):
     as a plain function (``MKMMDLoss``'s eager path calls it without the custom op)."""
     (n, d), U = xs.shape, gammas.shape[0]
     P = n // 2
-    h = torch.zeros(U, dtype=torch.float64)  # accumulated into
-    coef = _ext.out(xs.dtype, P, 4)
+    h, coef = _ext.zeros(torch.float64, U), _ext.out(xs.dtype, P, 4)  # h: accumulated into
     _ext.call("mmd_linear_fwd", xs.dtype, _ext.src(xs, n, d), _ext.src(xt, n, d), P, d,
               _ext.src(gammas, U), _ext.src(weights, U), _ext.src(square, U, dtype=torch.int32),
-              U, _ext.dst(h, U, dtype=torch.float64), coef)
-    return h, coef.tensor
+              U, h, coef)
+    return h.tensor, coef.tensor
 
 
 def linear_bwd(xs, xt, coef, scale: float):

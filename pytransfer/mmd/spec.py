@@ -73,14 +73,15 @@ def gaussian_kernels(
 def _moments_cpu(xs: torch.Tensor, xt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum ||z||^2 (1,), sum z (d,)) over the pooled rows, z = x - xs[0], float64: one pass
     of the C++ kernel per input."""
-    d = xs.shape[1]
-    colsum = torch.zeros(d, dtype=torch.float64)
-    sq = torch.zeros(1, dtype=torch.float64)
-    for x in (xs, xt):
-        _ext.call("mmd_moments", x.dtype, _ext.src(x, x.shape[0], d), x.shape[0], d,
-                  _ext.src(xs[0], d), _ext.dst(colsum, d, dtype=torch.float64),
-                  _ext.dst(sq, 1, dtype=torch.float64))
-    return sq, colsum
+    (ns, d), nt = xs.shape, xt.shape[0]
+    colsum, sq = _ext.zeros(torch.float64, d), _ext.zeros(torch.float64, 1)
+    source = _ext.src(xs, ns, d)
+    # the shift xs[0]: the kernel reads it at the start of xs itself (no view made; an empty
+    # xs has no first row: indexing it raises, as it always did)
+    shift = source if ns else _ext.src(xs.detach()[0], d)
+    for x, rows in ((source, ns), (_ext.src(xt, nt, d), nt)):
+        _ext.call("mmd_moments", xs.dtype, x, rows, d, shift, colsum, sq)
+    return sq.tensor, colsum.tensor
 
 
 def centered_sq(xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
@@ -101,9 +102,8 @@ def bandwidth_cpu(xs: torch.Tensor, xt: torch.Tensor) -> float:
     """:func:`bandwidth` in float64 as a Python float, without its checks, for CPU
     float32/float64 (n, d) inputs with the extension built (C++ moments, one torch op): not
     finite when an input is not (or the distances overflow float64)."""
-    xs, xt = xs.detach(), xt.detach()
     N = xs.shape[0] + xt.shape[0]
-    sq, colsum = _moments_cpu(xs, xt)
+    sq, colsum = _moments_cpu(xs, xt)  # (reads the data: inputs requiring grad need no detach)
     return 2 * (sq.item() - torch.dot(colsum, colsum).item() / N) / (N - 1)
 
 

@@ -22,7 +22,7 @@ class _LinearCPU(torch.autograd.Function):
     def forward(ctx, xs, xt, gammas, weights, weights64, square):
         h, coef = mmd_ops.linear_fwd_sums(xs, xt, gammas, weights, square)
         ctx.save_for_backward(xs, xt, coef)
-        return (torch.dot(weights64, h) / coef.shape[0]).to(xs.dtype)
+        return torch.dot(weights64, h).div_(coef.shape[0]).to(xs.dtype)
 
     @staticmethod
     def backward(ctx, grad):
@@ -55,7 +55,7 @@ class MKMMDLoss(torch.nn.Module):
         self.backend, self.check_inputs = backend, check_inputs
         self.weights = weights
         self.last_weights: torch.Tensor | None = None
-        self._constants: dict[torch.dtype, tuple[torch.Tensor, ...]] = {}
+        self._constants: dict[torch.dtype, tuple] = {}
 
     def _fast_path(self, xs: object, xt: object) -> bool:
         """The common training call (linear estimator, fixed uniform weights, bandwidth from
@@ -73,19 +73,21 @@ class MKMMDLoss(torch.nn.Module):
 
     def _linear_cpu(self, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
         base = bandwidth_cpu(xs, xt)  # the C++ moments pass: finite iff every entry is finite
-        info = torch.finfo(xs.dtype)
-        if not base <= info.max:  # NaN/Inf in an input, or a bandwidth overflowing the dtype
-            bandwidth(xs, xt)  # names the bad input or the overflow
-            raise ValueError(f"the kernel bandwidth {base:.3g} is not finite in {xs.dtype}")
-        if xs.dtype not in self._constants:  # gammas at base 1, weights, squaring flags
+        constants = self._constants.get(xs.dtype)
+        if constants is None:  # gammas at base 1, weights, squaring flags, dtype limits
             U = self.kernels.num
             uniform = torch.full((U,), 1.0 / U, dtype=xs.dtype)
             unit, weights, square = resolve(self.kernels, uniform,
                                             torch.ones((), dtype=xs.dtype), xs.dtype)
-            self._constants[xs.dtype] = unit, weights, weights.double(), square
-        unit, weights, weights64, square = self._constants[xs.dtype]
+            info = torch.finfo(xs.dtype)
+            constants = self._constants[xs.dtype] = (unit, weights, weights.double(), square,
+                                                     info.max, info.tiny ** 0.5)
+        unit, weights, weights64, square, largest, smallest = constants
+        if not base <= largest:  # NaN/Inf in an input, or a bandwidth overflowing the dtype
+            bandwidth(xs, xt)  # names the bad input or the overflow
+            raise ValueError(f"the kernel bandwidth {base:.3g} is not finite in {xs.dtype}")
         # as resolve: a degenerate batch (base 0) takes the smallest safe base
-        gammas = unit / max(base, info.tiny ** 0.5)
+        gammas = unit / max(base, smallest)
         return _LinearCPU.apply(xs, xt, gammas, weights, weights64, square)
 
     def forward(self, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:

@@ -29,7 +29,8 @@ class OTLoss(torch.nn.Module):
     The common training call (CPU float32/float64, contiguous, grad="dual", the scaling form
     chosen by ``sinkhorn(method="auto")`` and its block kernel) takes a fast path with the same
     checks and results: one C++ pass validates the outputs and the cost, one C++ call solves
-    and returns the values and the dual gradients (``pytransfer.ot.block``).
+    and returns the values and the dual gradients (``pytransfer.ot.block``), reduced in the
+    same autograd node; ``last_result`` is made from the kernel's outputs when read.
     """
 
     def __init__(self, cost: torch.Tensor, eps: float = 0.1, max_iter: int = 100,
@@ -42,7 +43,7 @@ class OTLoss(torch.nn.Module):
         _checks.finite("cost", cost)
         _checks.entropic_scale(_checks.positive_float("eps", eps), cost, True)
         self.register_buffer("cost", cost)
-        self.last_result, self._warned = None, False
+        self.last_result, self._warned, self._seen = None, False, None
         self.eps, self.max_iter, self.tol = eps, max_iter, tol
         self.grad, self.reduction, self.backend = grad, reduction, backend
         #: dtype -> (the cost buffer it was made from, its version, eps, the (1, n, m) cost)
@@ -60,10 +61,36 @@ class OTLoss(torch.nn.Module):
         self._work[dtype] = (cost, cost._version, eps, work)
         return work
 
-    def _fast(self, p_source: object, p_target: object) -> SinkhornResult | None:
-        """The fused path's result, or None where the general path must run (any other
+    @property
+    def last_result(self) -> SinkhornResult | None:
+        """The last forward's ``SinkhornResult``, detached; after the fast path, made on first
+        read from the kernel's outputs."""
+        last = self._last
+        if type(last) is _ext.Outputs:
+            last = self._last = SinkhornResult(*(last.tensor(i) for i in (6, 7, 0, 1, 2, 3, 5)))
+        return last
+
+    @last_result.setter
+    def last_result(self, value: SinkhornResult | None) -> None:
+        self._last = value
+
+    def _settings(self) -> float:
+        """eps as a float, after ``sinkhorn``'s checks of eps, max_iter and tol: run again
+        whenever one of them was assigned since (the identity of the three objects)."""
+        eps, max_iter, tol = self.eps, self.max_iter, self.tol
+        seen = self._seen
+        if seen is not None and seen[0] is eps and seen[1] is max_iter and seen[2] is tol:
+            return seen[3]
+        value = _checks.positive_float("eps", eps)
+        _checks.positive_int("max_iter", max_iter)
+        _checks.nonneg_float("tol", tol)
+        vars(self)["_seen"] = (eps, max_iter, tol, value)
+        return value
+
+    def _fast(self, p_source: object, p_target: object) -> torch.Tensor | None:
+        """The fused path's (reduced) loss, or None where the general path must run (any other
         configuration, and every bad input: the general path names the problem)."""
-        cost = self.cost
+        cost = self._buffers["cost"]  # self.cost, without Module.__getattr__
         if not (not torch.compiler.is_compiling() and type(p_source) is torch.Tensor
                 and type(p_target) is torch.Tensor
                 and self.grad == "dual" and p_source.dtype in _FAST_DTYPES
@@ -82,20 +109,19 @@ class OTLoss(torch.nn.Module):
         if (backend not in ("auto", "cpu")
                 or block.use_gemm_loop(B, n, m, p_source.dtype, torch.get_num_threads())):
             return None
-        eps = _checks.positive_float("eps", self.eps)  # sinkhorn's checks of the settings
-        _checks.positive_int("max_iter", self.max_iter)
-        _checks.nonneg_float("tol", self.tol)
+        eps = self._settings()
         cost = self._work_cost(cost, p_source.dtype, eps)
         ok, span, _ = block.check(p_source, p_target, cost, _MASS_RTOL[p_source.dtype])
         if not ok or span / eps > AUTO_RANGE[p_source.dtype]:
             return None  # a bad value (named by the general path), or the log domain
-        transport, objective, f, g, n_iter, err, converged, _, _ = block.sinkhorn_dual(
-            p_source, p_target, cost, eps, self.max_iter, self.tol, objective_grad=False)
-        return SinkhornResult(transport, objective, f, g, n_iter, err, converged)
+        loss, outs = block.transport_cost(p_source, p_target, cost, eps, self.max_iter,
+                                          self.tol, self.reduction)
+        vars(self)["_last"] = outs  # the last_result, made when read
+        return loss
 
     def forward(self, p_source: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
-        res = self._fast(p_source, p_target)
-        if res is None:
+        loss = self._fast(p_source, p_target)
+        if loss is None:
             _checks.histograms(p_source, p_target, ("p_source", "p_target"), True)
             if (p_source.shape[1], p_target.shape[1]) != tuple(self.cost.shape):
                 raise ValueError(f"p_source (B, {p_source.shape[1]}) and p_target (B, "
@@ -105,20 +131,24 @@ class OTLoss(torch.nn.Module):
             res = sinkhorn(p_source.to(work), p_target.to(work), self.cost.to(work), self.eps,
                            max_iter=self.max_iter, tol=self.tol, grad=self.grad,
                            backend=self.backend, check_inputs=False)
-        # (not through Module.__setattr__: a plain attribute, set on every call)
-        vars(self)["last_result"] = type(res)(
-            *(x.detach() if x is not None and x.requires_grad else x for x in res))
+            vars(self)["_last"] = type(res)(
+                *(x.detach() if x is not None and x.requires_grad else x for x in res))
+            loss = res.transport_cost
+            if self.reduction == "mean":
+                loss = loss.mean()
+            elif self.reduction == "sum":
+                loss = loss.sum()
         # tol=0 asks for exactly max_iter iterations: nothing to warn about
-        if self.tol > 0 and not self._warned and not bool(res.converged.all()):
-            self._warned = True
-            warnings.warn(f"OTLoss: {int((~res.converged).sum())} of {res.converged.numel()} "
-                          f"Sinkhorn problems did not converge in max_iter={self.max_iter} "
-                          f"(tol={self.tol}, eps={self.eps}); raise max_iter or eps",
-                          RuntimeWarning, stacklevel=2)
-        loss = res.transport_cost
-        if self.reduction == "mean":
-            return loss.mean()
-        return loss.sum() if self.reduction == "sum" else loss
+        if self.tol > 0 and not self._warned:
+            last = self._last  # the fast path's converged flags without the whole last_result
+            if not (last.all(5) if type(last) is _ext.Outputs else bool(last.converged.all())):
+                converged = self.last_result.converged
+                self._warned = True
+                warnings.warn(f"OTLoss: {int((~converged).sum())} of {converged.numel()} "
+                              f"Sinkhorn problems did not converge in max_iter={self.max_iter} "
+                              f"(tol={self.tol}, eps={self.eps}); raise max_iter or eps",
+                              RuntimeWarning, stacklevel=2)
+        return loss
 
 
 #: the mass check's relative tolerance per dtype, as ``sinkhorn``'s and ``_checks.histograms``'

@@ -11,7 +11,11 @@ iteration count) costs about half of 100 iterations.
 
 It is the CPU backend of the scaling op (``_ops.sinkhorn_scaling_cpu``), and
 ``pytransfer::sinkhorn_dual_cpu`` is the whole ``grad="dual"`` forward in one op, whose
-backward is JTLN eq. 11: the centred potentials, returned by the forward.
+backward is JTLN eq. 11: the centred potentials, returned by the forward. Eager callers that
+read few of the outputs (``OTLoss``) take :func:`run` (the outputs in one allocation, read
+as views) and :func:`transport_cost` (the reduced value in one autograd node); :func:`bound`
+is the kernel call alone, for the benchmark of the Python around it (issue 13, per-call
+overhead).
 
 Cost model (CPU, measured 1 thread, fp32, 20-100 iterations): the block kernel beats the
 batched GEMM loop at every B for K of up to 1716 elements (78 x 22: 2.5-3.2x at B = 256-4096)
@@ -23,6 +27,8 @@ would be used or the blocks are fewer than the threads (so the threads would idl
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 
@@ -55,6 +61,45 @@ def check(a, b, cost, rtol):
                      _ext.src(cost, *cost.shape), B, n, m, cost.numel(), rtol, threads=False)
 
 
+@functools.lru_cache(maxsize=64)
+def _layout(dtype: torch.dtype, B: int, n: int, m: int) -> _ext.Layout:
+    """The kernel's outputs in one allocation, in its order: f, g, n_iter, err, absorbed,
+    converged, transport, objective, f centred, g centred."""
+    return _ext.Layout((dtype, (B, n)), (dtype, (B, m)), (torch.int64, (B,)), (dtype, (B,)),
+                       (torch.bool, (B,)), (torch.bool, (B,)), (dtype, (B,)), (dtype, (B,)),
+                       (dtype, (B, n)), (dtype, (B, m)))
+
+
+def _call(a, b, cost, eps, max_iter, tol, g_init, outs, call=None, fixed_stop=True):
+    """The kernel call (``call``: ``_ext.call`` by default, or ``_ext.bound``): ``outs`` its
+    outputs, an ``_ext.Outputs`` or ``_ext`` buffers; ``fixed_stop``: see :func:`solve`."""
+    (B, n), m, dtype = a.shape, b.shape[1], a.dtype
+    lo, hi = scaling.SAFE_RANGE[dtype]
+    return (call or _ext.call)(
+        "sinkhorn_block", dtype, _ext.src(a, B, n), _ext.src(b, B, m), _ext.src(cost, 1, n, m),
+        B, n, m, eps, max_iter, tol, lo, hi, _ext.src(g_init, B, m), fixed_stop, *outs,
+        threads=max(1, min(torch.get_num_threads(), -(-B // LANES[dtype]))))
+
+
+def run(a, b, cost, eps, max_iter, tol, g_init=None) -> _ext.Outputs:
+    """:func:`solve` with ``values``, its outputs in one allocation (``_ext.Outputs``, slots
+    in :func:`solve`'s order), so an eager caller reads only those it needs (views of one
+    allocation: not for a custom op's returns, which may not alias each other)."""
+    (B, n), m, dtype = a.shape, b.shape[1], a.dtype
+    outs = _ext.Outputs(_layout(dtype, B, n, m))
+    _call(a, b, cost, eps, max_iter, tol, g_init, (outs,))
+    return outs
+
+
+def bound(a, b, cost, eps, max_iter, tol):
+    """(:func:`run`'s kernel call prepared once, arguments checked and bound: calling it runs
+    the C++ kernel alone, the floor under every wrapper; its outputs, ``_ext.Outputs``). The
+    caller keeps a, b and cost alive."""
+    (B, n), m, dtype = a.shape, b.shape[1], a.dtype
+    outs = _ext.Outputs(_layout(dtype, B, n, m))
+    return _call(a, b, cost, eps, max_iter, tol, None, (outs,), _ext.bound), outs
+
+
 def solve(a, b, cost, eps, max_iter, tol, values=False, g_init=None, *, fixed_stop=True):
     """(f, g, n_iter, err, absorbed, converged, transport, objective, f centred, g centred) of
     the C++ kernel for contiguous float32/float64 a (B, n), b (B, m), cost (1, n, m); the
@@ -63,16 +108,12 @@ def solve(a, b, cost, eps, max_iter, tol, values=False, g_init=None, *, fixed_st
     range). ``fixed_stop=False`` computes every iteration even past an exact fixed point
     (the outputs are the same bit for bit; for tests and the benchmark)."""
     (B, n), m, dtype = a.shape, b.shape[1], a.dtype
-    lo, hi = scaling.SAFE_RANGE[dtype]
     none = _ext.src(None)  # an optional output not asked for: a null pointer
     outs = (_ext.out(dtype, B, n), _ext.out(dtype, B, m), _ext.out(torch.int64, B),
             _ext.out(dtype, B), _ext.out(torch.bool, B), _ext.out(torch.bool, B))
     extra = ((_ext.out(dtype, B), _ext.out(dtype, B), _ext.out(dtype, B, n),
               _ext.out(dtype, B, m)) if values else (none,) * 4)
-    _ext.call("sinkhorn_block", dtype, _ext.src(a, B, n), _ext.src(b, B, m),
-              _ext.src(cost, 1, n, m), B, n, m, eps, max_iter, tol, lo, hi,
-              _ext.src(g_init, B, m), fixed_stop, *outs, *extra,
-              threads=max(1, min(torch.get_num_threads(), -(-B // LANES[dtype]))))
+    _call(a, b, cost, eps, max_iter, tol, g_init, outs + extra, fixed_stop=fixed_stop)
     f, g, n_iter, err, absorbed, converged = (x.tensor for x in outs)
     transport, objective, fc, gc = (x.tensor for x in extra)
     return f, g, n_iter, err, absorbed, converged, transport, objective, fc, gc
@@ -159,34 +200,66 @@ class _Dual(torch.autograd.Function):
 
 
 class _DualTransport(torch.autograd.Function):
-    """:class:`_Dual` when only ``transport_cost`` carries gradient (``OTLoss``): one output,
-    and only what its gradient needs is saved (the centred potentials; the plan's inputs
-    when the cost needs a gradient)."""
+    """:class:`_Dual` when only ``transport_cost`` carries gradient (``OTLoss``), reduced
+    ("mean", "sum" or "none"): one output, no separate reduction node. The settings come as
+    one tuple (eps, max_iter, tol, g_init, reduction); the kernel's outputs come back through
+    ``out`` (:func:`run`). The backward reads the centred potentials (and the potentials, for
+    the plan when the cost needs a gradient) as views of their allocation, which ``ctx``
+    keeps, not as saved tensors: a caller's in-place change of another view of it (say
+    ``last_result.f``) cannot trip the saved-version check."""
 
     @staticmethod
-    def forward(ctx, a, b, cost, eps, max_iter, tol, g_init, out):
-        out.extend(_dual_forward(a, b, cost, eps, max_iter, tol, g_init))
+    def forward(ctx, a, b, cost, settings, out):
+        eps, max_iter, tol, g_init, reduction = settings
+        outs = run(a, b, cost, eps, max_iter, tol, g_init)
+        out.append(outs)
         ctx.set_materialize_grads(False)
+        ctx.outs, ctx.eps, ctx.reduction, ctx.batch = outs, eps, reduction, a.shape[0]
         if ctx.needs_input_grad[2]:
-            ctx.save_for_backward(out[7], out[8], a, b, cost, out[2], out[3])
-        else:
-            ctx.save_for_backward(out[7], out[8])
-        ctx.eps = eps
-        return out[0]
+            ctx.save_for_backward(a, b, cost)
+        # "none": a copy (an output that is a view made here may not be changed in place)
+        return _reduce(outs.tensor(6), reduction, copy=True)
 
     @staticmethod
-    def backward(ctx, grad_transport):
-        fc, gc, *plan_inputs = ctx.saved_tensors
+    def backward(ctx, grad):
+        if grad is None:
+            return None, None, None, None, None
+        outs, reduction = ctx.outs, ctx.reduction
         need_a, need_b, need_C = ctx.needs_input_grad[:3]
-        if grad_transport is None:
-            return (None,) * 8
-        wt = grad_transport[:, None]
+        # each problem's weight as the reduction's backward passes it, bit for bit (x / 1 = x)
+        if reduction == "none":
+            w = grad[:, None]
+        else:
+            w = grad / ctx.batch if reduction == "mean" and ctx.batch > 1 else grad
         grad_C = None
         if need_C:
-            plan = plan_from_potentials(*plan_inputs, ctx.eps)
-            grad_C = (wt[:, :, None] * plan).sum(0, keepdim=True)
-        return (wt * fc if need_a else None, wt * gc if need_b else None, grad_C, None, None,
-                None, None, None)
+            plan = plan_from_potentials(*ctx.saved_tensors, outs.tensor(0), outs.tensor(1),
+                                        ctx.eps)
+            grad_C = ((w[:, :, None] if reduction == "none" else w) * plan).sum(0, keepdim=True)
+        return (w * outs.tensor(8) if need_a else None, w * outs.tensor(9) if need_b else None,
+                grad_C, None, None)
+
+
+def _reduce(values: torch.Tensor, reduction: str, copy: bool = False) -> torch.Tensor:
+    """values.mean() ("mean": computed as torch's CPU mean computes it, sum then divide in
+    place, the same bits one allocation cheaper), .sum() or, "none", the values (a copy with
+    ``copy``)."""
+    if reduction == "mean":
+        return values.sum().div_(values.shape[0])
+    if reduction == "sum":
+        return values.sum()
+    return values.clone() if copy else values
+
+
+def transport_cost(a, b, cost, eps, max_iter, tol, reduction="none", g_init=None):
+    """(the transport costs <P, C> reduced by ``reduction``, with JTLN eq. 11's gradient when
+    an input requires one; the kernel's outputs, :func:`run`), eager."""
+    if a.requires_grad or b.requires_grad or cost.requires_grad:
+        out = []
+        value = _DualTransport.apply(a, b, cost, (eps, max_iter, tol, g_init, reduction), out)
+        return value, out[0]
+    outs = run(a, b, cost, eps, max_iter, tol, g_init)
+    return _reduce(outs.tensor(6), reduction), outs
 
 
 def sinkhorn_dual(a, b, cost, eps, max_iter, tol, g_init=None, objective_grad=True):
@@ -197,9 +270,9 @@ def sinkhorn_dual(a, b, cost, eps, max_iter, tol, g_init=None, objective_grad=Tr
         return sinkhorn_dual_cpu(a, b, cost, eps, max_iter, tol, g_init)
     if not (a.requires_grad or b.requires_grad or cost.requires_grad):
         return _dual_forward(a, b, cost, eps, max_iter, tol, g_init)
+    if not objective_grad:
+        transport, outs = transport_cost(a, b, cost, eps, max_iter, tol, "none", g_init)
+        return (transport, *(outs.tensor(i) for i in (7, 0, 1, 2, 3, 5, 8, 9)))
     out = []
-    if objective_grad:
-        out[:2] = _Dual.apply(a, b, cost, eps, max_iter, tol, g_init, out)
-    else:
-        out[0] = _DualTransport.apply(a, b, cost, eps, max_iter, tol, g_init, out)
+    out[:2] = _Dual.apply(a, b, cost, eps, max_iter, tol, g_init, out)
     return tuple(out)
