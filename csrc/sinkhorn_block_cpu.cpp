@@ -207,6 +207,7 @@ struct Problem {  // the shared inputs of one solve
   int64_t* n_iter;
   T* err;
   uint8_t* absorbed;
+  T *rows, *cols;  // (B, n), (B, m) or nullptr: P's row and column sums at finish (values)
 };
 
 // Solves problems [p0, p1) with one block of W lanes, refilled as problems finish. The lane
@@ -283,6 +284,10 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
     const int64_t p = id[l];
     for (int64_t i = 0; i < n; ++i) P.f[p * n + i] = A[i][l] > 0 ? u[i][l] : T(1) / kv[i][l];
     for (int64_t j = 0; j < m; ++j) P.g[p * m + j] = Bw[j][l] > 0 ? v[j][l] : T(1) / ktu[j][l];
+    if (P.rows != nullptr) {  // P = diag(u) K diag(v): rows u K v, columns v K^T u
+      for (int64_t i = 0; i < n; ++i) P.rows[p * n + i] = u[i][l] * kv[i][l];
+      for (int64_t j = 0; j < m; ++j) P.cols[p * m + j] = v[j][l] * ktu[j][l];
+    }
     P.n_iter[p] = done;
     P.err[p] = e;
     P.absorbed[p] = 0;
@@ -352,6 +357,47 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
   }
 }
 
+// <P, C> of problems [p0, p0 + count) that finished in the scaling form, from the scalings
+// finish() left in f and g: u . (EC v) with P = diag(u) K diag(v), EC = K C, one block
+// product for W problems.
+template <typename T>
+void transport_block(const T* a, const T* b, const T* EC, int64_t n, int64_t m, const T* f,
+                     const T* g, int64_t count, T* transport) {
+  typedef typename Lanes<T>::V V;
+  std::vector<V> U(n), Vs(m), ECV(n);
+  for (int64_t l = 0; l < count; ++l) {
+    for (int64_t i = 0; i < n; ++i) U[i][l] = a[l * n + i] > 0 ? f[l * n + i] : T(0);
+    for (int64_t j = 0; j < m; ++j) Vs[j][l] = b[l * m + j] > 0 ? g[l * m + j] : T(0);
+  }
+  block_product(EC, Vs.data(), n, m, ECV.data());
+  V tc = {};
+  for (int64_t i = 0; i < n; ++i) tc += U[i] * ECV[i];
+  for (int64_t l = 0; l < count; ++l) transport[l] = tc[l];
+}
+
+// The objective <P, C> + eps KL(P || a b^T) = sum_i r_i (f_i - eps log a_i)
+// + sum_j c_j (g_j - eps log b_j) - eps sum r + eps |a| |b| of one problem from its potentials
+// and P's row and column sums r, c (which it overwrites with the centred potentials, JTLN
+// eq. 11's dual gradients).
+template <typename T>
+void objective_one(const T* a, const T* b, const T* f, const T* g, int64_t n, int64_t m, T eps,
+                   T* rows, T* cols, T* objective) {
+  T obj = 0, total = 0, ma = 0, mb = 0, sf = 0, sg = 0, kf = 0, kg = 0;
+  for (int64_t i = 0; i < n; ++i) {  // (both branches evaluated: the loop vectorises)
+    const T la = f[i] - eps * vlog(a[i]), sup = a[i] > 0 ? T(1) : T(0);
+    obj += a[i] > 0 ? rows[i] * la : T(0);
+    total += rows[i], ma += a[i], sf += sup * f[i], kf += sup;
+  }
+  for (int64_t j = 0; j < m; ++j) {
+    const T lb = g[j] - eps * vlog(b[j]), sup = b[j] > 0 ? T(1) : T(0);
+    obj += b[j] > 0 ? cols[j] * lb : T(0);
+    mb += b[j], sg += sup * g[j], kg += sup;
+  }
+  *objective = obj - eps * total + eps * ma * mb;
+  for (int64_t i = 0; i < n; ++i) rows[i] = f[i] - sf / kf;
+  for (int64_t j = 0; j < m; ++j) cols[j] = g[j] - sg / kg;
+}
+
 // The potentials f = eps log u + cmin, g = eps log v of a problem that finished in the scaling
 // form from the scalings finish() left in f and g (off the supports, 1 / (K v) and 1 / (K^T u):
 // the c-transforms), in vectorised passes over the rows.
@@ -382,7 +428,7 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < m; ++j) ET[j * n + i] = E[i * m + j];
   const Problem<T> P{a, b, cost, E.data(), ET.data(), n, m, eps, cmin, max_iter, tol, lo, hi,
-                     g_init, fixed_stop, f, g, n_iter, err, absorbed};
+                     g_init, fixed_stop, f, g, n_iter, err, absorbed, fc, gc};
   constexpr int64_t W = Lanes<T>::W;
   // Contiguous ranges of whole blocks, about two per thread.
   const int64_t blocks = (B + W - 1) / W;
@@ -392,24 +438,34 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks; ++c)
       solve_range(P, std::min(B, blocks * c / chunks * W), std::min(B, blocks * (c + 1) / chunks * W));
+    // Per block of W problems: the values from the scalings (a block with an absorbed problem,
+    // which has potentials only: values_block from the potentials), then the potentials.
 #pragma omp for schedule(static)
-    for (int64_t p = 0; p < B; ++p)
-      if (!absorbed[p]) to_potentials(f + p * n, g + p * m, n, m, eps, cmin);
+    for (int64_t k = 0; k < blocks; ++k) {
+      const int64_t p0 = k * W, count = std::min<int64_t>(W, B - p0);
+      bool scaled = true;
+      for (int64_t p = p0; p < p0 + count; ++p) scaled &= !absorbed[p];
+      if (transport != nullptr && scaled)
+        transport_block(a + p0 * n, b + p0 * m, EC.data(), n, m, f + p0 * n, g + p0 * m, count,
+                        transport + p0);
+      for (int64_t p = p0; p < p0 + count; ++p)
+        if (!absorbed[p]) to_potentials(f + p * n, g + p * m, n, m, eps, cmin);
+      if (transport != nullptr && scaled) {
+        for (int64_t p = p0; p < p0 + count; ++p)
+          objective_one(a + p * n, b + p * m, f + p * n, g + p * m, n, m, eps, fc + p * n,
+                        gc + p * m, objective + p);
+      } else if (transport != nullptr) {
+        values_block(a + p0 * n, b + p0 * m, E.data(), ET.data(), EC.data(), n, m, eps, cmin,
+                     f + p0 * n, g + p0 * m, count, transport + p0, objective + p0,
+                     fc + p0 * n, gc + p0 * m);
+      }
+    }
     if (converged != nullptr) {
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < B; ++p) {
         T mass = 0;
         for (int64_t i = 0; i < n; ++i) mass += a[p * n + i];
         converged[p] = err[p] <= tol * mass;
-      }
-    }
-    if (transport != nullptr) {
-#pragma omp for schedule(static)
-      for (int64_t k = 0; k < blocks; ++k) {
-        const int64_t p = k * W;
-        values_block(a + p * n, b + p * m, E.data(), ET.data(), EC.data(), n, m, eps, cmin,
-                     f + p * n, g + p * m, std::min<int64_t>(W, B - p), transport + p,
-                     objective + p, fc + p * n, gc + p * m);
       }
     }
   }
@@ -422,29 +478,34 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
 template <typename T>
 bool sinkhorn_check(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
                     int64_t cost_count, double rtol, double* span, double* big) {
+  // (vectorised: a count of entries outside [0, max] (NaN and inf included) and simd sums)
+  const T top = std::numeric_limits<T>::max();
   bool ok = true;
   for (int64_t p = 0; p < B; ++p) {
     double ma = 0, mb = 0;
-    bool good = true;
+    int64_t bad = 0;
+    const T *ap = a + p * n, *bp = b + p * m;
+#pragma omp simd reduction(+ : ma, bad)
     for (int64_t i = 0; i < n; ++i) {
-      const T x = a[p * n + i];
-      good &= std::isfinite(x) & (x >= 0);
-      ma += x;
+      bad += !(ap[i] >= 0 && ap[i] <= top);
+      ma += ap[i];
     }
+#pragma omp simd reduction(+ : mb, bad)
     for (int64_t j = 0; j < m; ++j) {
-      const T x = b[p * m + j];
-      good &= std::isfinite(x) & (x >= 0);
-      mb += x;
+      bad += !(bp[j] >= 0 && bp[j] <= top);
+      mb += bp[j];
     }
-    ok &= good && ma > 0 && mb > 0 && std::abs(ma - mb) <= rtol * std::max(ma, mb);
+    ok &= bad == 0 && ma > 0 && mb > 0 && std::abs(ma - mb) <= rtol * std::max(ma, mb);
   }
   T lo = cost[0], hi = cost[0];
-  bool finite = true;
+  int64_t bad = 0;
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : bad)
   for (int64_t k = 0; k < cost_count; ++k) {
-    finite &= std::isfinite(cost[k]);
+    bad += !(cost[k] >= -top && cost[k] <= top);
     lo = std::min(lo, cost[k]);
     hi = std::max(hi, cost[k]);
   }
+  const bool finite = bad == 0;
   *span = static_cast<double>(hi) - static_cast<double>(lo);
   *big = std::max(std::abs(static_cast<double>(lo)), std::abs(static_cast<double>(hi)));
   return ok && finite;
