@@ -68,8 +68,7 @@ def ot_breakdown_us(B: int = 1, n: int = 2, m: int = 2, rounds: int = 400) -> di
     probabilities); ``hand-written``. ``overhead`` = whole - bare - kernel: wrapper,
     validation (check included), dispatch, allocations and the backward node (issue 13's
     fixed per-call cost at B=1 2x2)."""
-    from pytransfer import _ext
-    from pytransfer.ot import scaling
+    from pytransfer.ot import block
 
     pin_one_thread()
     ls, lt, cost = ot_inputs(B, n, m)
@@ -85,22 +84,10 @@ def ot_breakdown_us(B: int = 1, n: int = 2, m: int = 2, rounds: int = 400) -> di
         x.softmax(-1)[:, 0].mean().backward()
 
     a, c = ls.softmax(-1), cost[None].contiguous()
-    f, fc = torch.empty(B, n), torch.empty(B, n)
-    g, gc = torch.empty(B, m), torch.empty(B, m)
-    err, tc, obj = (torch.empty(B) for _ in range(3))
-    n_iter, flags = torch.empty(B, dtype=torch.int64), torch.empty(2, B, dtype=torch.bool)
-    lo, hi = scaling.SAFE_RANGE[torch.float32]
-
-    def kernel():
-        _ext._C.sinkhorn_block("float32", a.data_ptr(), pt.data_ptr(), c.data_ptr(), B, n, m,
-                               OT_EPS, OT_ITERS, 0.0, lo, hi, 0, f.data_ptr(), g.data_ptr(),
-                               n_iter.data_ptr(), err.data_ptr(), flags[0].data_ptr(),
-                               flags[1].data_ptr(), tc.data_ptr(), obj.data_ptr(),
-                               fc.data_ptr(), gc.data_ptr(), 1)
+    kernel, _ = block.bound(a, pt, c, OT_EPS, OT_ITERS, 0.0)  # the C++ call alone
 
     def check():
-        _ext._C.sinkhorn_check("float32", a.data_ptr(), pt.data_ptr(), c.data_ptr(), B, n, m,
-                               n * m, 1e-5)
+        block.check(a, pt, c, 1e-5)
 
     def forward():
         loss(a, pt)
