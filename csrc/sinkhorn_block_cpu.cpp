@@ -54,9 +54,11 @@ inline bool any(const M& mask) {
   return r != 0;
 }
 
-// out[i] = sum_j M[i, j] x[j] for i < rows; M row-major (rows, len), x and out lane vectors.
-template <typename T, typename V>
-inline void block_product(const T* M, const V* x, int64_t rows, int64_t len, V* out) {
+// out(i, sum_j M[i, j] x[j]) for i < rows; M row-major (rows, len), x a lane vector per column.
+// (Always inlined, so the state of out stays in registers.)
+template <typename T, typename V, typename Out>
+__attribute__((always_inline)) inline void block_product_to(const T* M, const V* x, int64_t rows,
+                                                            int64_t len, Out& out) {
   int64_t i = 0;
   for (; i + 8 <= rows; i += 8) {
     const T* r = M + i * len;
@@ -72,8 +74,8 @@ inline void block_product(const T* M, const V* x, int64_t rows, int64_t len, V* 
       c6 += r[6 * len + j] * xj;
       c7 += r[7 * len + j] * xj;
     }
-    out[i] = c0, out[i + 1] = c1, out[i + 2] = c2, out[i + 3] = c3;
-    out[i + 4] = c4, out[i + 5] = c5, out[i + 6] = c6, out[i + 7] = c7;
+    out(i, c0), out(i + 1, c1), out(i + 2, c2), out(i + 3, c3);
+    out(i + 4, c4), out(i + 5, c5), out(i + 6, c6), out(i + 7, c7);
   }
   for (; i + 4 <= rows; i += 4) {
     const T* r = M + i * len;
@@ -85,7 +87,7 @@ inline void block_product(const T* M, const V* x, int64_t rows, int64_t len, V* 
       c2 += r[2 * len + j] * xj;
       c3 += r[3 * len + j] * xj;
     }
-    out[i] = c0, out[i + 1] = c1, out[i + 2] = c2, out[i + 3] = c3;
+    out(i, c0), out(i + 1, c1), out(i + 2, c2), out(i + 3, c3);
   }
   for (; i < rows; ++i) {  // the last rows: four partial sums, so FMAs do not wait on each other
     const T* r = M + i * len;
@@ -98,24 +100,48 @@ inline void block_product(const T* M, const V* x, int64_t rows, int64_t len, V* 
       c3 += r[j + 3] * x[j + 3];
     }
     for (; j < len; ++j) c0 += r[j] * x[j];
-    out[i] = (c0 + c1) + (c2 + c3);
+    out(i, (c0 + c1) + (c2 + c3));
   }
 }
 
-// x_new = w / den on the support (w > 0), 0 elsewhere; returns whether a lane has a supported
-// entry outside [lo, hi] or not finite, and sets *bad to the mask of those lanes.
-template <typename T, typename V, typename M>
-inline bool divide(const V* w, const V* den, int64_t len, T lo, T hi, V* x_new, M* bad) {
-  M out = {};
-  const V zero = {}, one = zero + T(1), vlo = zero + lo, vhi = zero + hi;
-  for (int64_t k = 0; k < len; ++k) {
-    const M sup = w[k] > zero;
-    const V x = sup ? w[k] / (sup ? den[k] : one) : zero;
-    out |= sup & ~((x >= vlo) & (x <= vhi));
+// out[i] = sum_j M[i, j] x[j] for i < rows; M row-major (rows, len), x and out lane vectors.
+template <typename T, typename V>
+inline void block_product(const T* M, const V* x, int64_t rows, int64_t len, V* out) {
+  auto store = [out](int64_t i, const V& c) { out[i] = c; };
+  block_product_to(M, x, rows, len, store);
+}
+
+// Row k of x_new = w / den: x = w / c on the support (w > 0), 0 elsewhere, and the lane minimum
+// and maximum of the supported quotients, all without a compare or masked op (on Zen 4 those
+// take the FMA pipes, max / min / add do not): c = (K x)_k >= 0, so w / c off the support is
+// 0, -0, -inf or NaN (0 / 0), all of which max(w / c, 0) sends to 0 (and on the support it is
+// w / c, +inf for c = 0, 0 if c overflowed); off[k] = 0 on the support and hi off it keeps the
+// other rows out of the minimum.
+template <typename T, typename V>
+struct Quotients {
+  const V *w, *off;
+  V *den, *x_new;
+  V low, high;
+  __attribute__((always_inline)) inline void operator()(int64_t k, const V& c) {
+    const V zero = {}, q = w[k] / c, x = q > zero ? q : zero, xs = x + off[k];
+    low = xs < low ? xs : low;
+    high = x > high ? x : high;
+    den[k] = c;
     x_new[k] = x;
   }
-  *bad = out;
-  return any(out);
+};
+
+// den = K x and x_new = w / den (0 off the support w > 0; off: 0 on it, hi off it), each
+// quotient as soon as its row of the product is done, so the divider runs alongside the next
+// rows' FMAs. Returns whether a lane has a supported quotient outside [lo, hi] (or not finite),
+// and sets *bad to the mask of those lanes.
+template <typename T, typename V, typename M>
+inline bool product_divide(const T* K, const V* x, int64_t rows, int64_t len, const V* w,
+                           const V* off, T lo, T hi, V* den, V* x_new, M* bad) {
+  Quotients<T, V> q{w, off, den, x_new, V{} + hi, V{}};
+  block_product_to(K, x, rows, len, q);
+  *bad = (q.low < lo) | (q.high > hi);
+  return any(*bad);
 }
 
 // <P, C> and <P, C> + eps KL(P || a b^T) of problems [p0, p0 + W) from their potentials (cost
@@ -223,7 +249,8 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
   constexpr int W = Lanes<T>::W;
   const int64_t n = P.n, m = P.m;
   const T ninf = -std::numeric_limits<T>::infinity();
-  std::vector<V> A(n), Bw(m), u(n), u_new(n), kv(n), v(m), v_new(m), ktu(m);
+  // offa, offb: 0 on the supports of a, b, hi off them (see Quotients)
+  std::vector<V> A(n), Bw(m), offa(n), offb(m), u(n), u_new(n), kv(n), v(m), v_new(m), ktu(m);
   std::vector<T> g_init(m);
   int64_t id[W], start[W];
   bool frozen[W] = {};  // the lane's state is an exact fixed point: finish at the next test
@@ -248,12 +275,14 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
       T mass = 0;
       for (int64_t i = 0; i < n; ++i) {
         A[i][l] = p >= 0 ? P.a[p * n + i] : T(0);
+        offa[i][l] = A[i][l] > 0 ? T(0) : P.hi;
         u[i][l] = 0;
         mass += A[i][l];
       }
       bool in_range = true;
       for (int64_t j = 0; j < m; ++j) {
         Bw[j][l] = p >= 0 ? P.b[p * m + j] : T(0);
+        offb[j][l] = Bw[j][l] > 0 ? T(0) : P.hi;
         T x = T(1);
         if (p >= 0 && P.g_init != nullptr) {
           x = std::exp(P.g_init[p * m + j] / P.eps);
@@ -304,7 +333,9 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
   const V zero = {};
   M bad;
   while (live) {
-    block_product(P.E, v.data(), n, m, kv.data());  // K v
+    // K v and u_new = a / K v (the absorptions wait for the exit test, which reads u and K v)
+    const bool u_bad = product_divide<T>(P.E, v.data(), n, m, A.data(), offa.data(), P.lo,
+                                         P.hi, kv.data(), u_new.data(), &bad);
     const bool at_deadline = iter >= deadline;
     if (at_deadline || (P.tol > 0 && live > young)) {
       // marginal error of the state (u, v): a by-product of K v
@@ -327,12 +358,13 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
         }
       }
     }
-    if (divide<T>(A.data(), kv.data(), n, P.lo, P.hi, u_new.data(), &bad))
+    if (u_bad)
       for (int l = 0; l < W; ++l)
         if (bad[l] != 0 && id[l] >= 0) absorb(l);  // v is in range
     std::swap(u, u_new);
-    block_product(P.ET, u.data(), m, n, ktu.data());  // K^T u
-    if (divide<T>(Bw.data(), ktu.data(), m, P.lo, P.hi, v_new.data(), &bad))
+    // K^T u and v_new = b / K^T u
+    if (product_divide<T>(P.ET, u.data(), m, n, Bw.data(), offb.data(), P.lo, P.hi, ktu.data(),
+                          v_new.data(), &bad))
       for (int l = 0; l < W; ++l)
         if (bad[l] != 0 && id[l] >= 0) absorb(l);  // v (old) is in range
     if (any(watch)) {  // lanes whose v did not change: exact fixed points
