@@ -415,11 +415,14 @@ template <typename T>
 void objective_one(const T* a, const T* b, const T* f, const T* g, int64_t n, int64_t m, T eps,
                    T* rows, T* cols, T* objective) {
   T obj = 0, total = 0, ma = 0, mb = 0, sf = 0, sg = 0, kf = 0, kg = 0;
-  for (int64_t i = 0; i < n; ++i) {  // (both branches evaluated: the loop vectorises)
+  // (both branches evaluated and simd sums: the loops vectorise)
+#pragma omp simd reduction(+ : obj, total, ma, sf, kf)
+  for (int64_t i = 0; i < n; ++i) {
     const T la = f[i] - eps * vlog(a[i]), sup = a[i] > 0 ? T(1) : T(0);
     obj += a[i] > 0 ? rows[i] * la : T(0);
     total += rows[i], ma += a[i], sf += sup * f[i], kf += sup;
   }
+#pragma omp simd reduction(+ : obj, mb, sg, kg)
   for (int64_t j = 0; j < m; ++j) {
     const T lb = g[j] - eps * vlog(b[j]), sup = b[j] > 0 ? T(1) : T(0);
     obj += b[j] > 0 ? cols[j] * lb : T(0);
