@@ -27,6 +27,7 @@ import statistics
 import torch
 
 from pytransfer.bench.lautum import HAND, _compared, loss_fwd_bwd, loss_problem
+from pytransfer.bench.sinkhorn import iterations_computed
 from pytransfer.bench.timing import time_call
 from pytransfer.bench.workload import Impl, Target, Work, Workload, fwd_bwd
 from pytransfer.mmd import gaussian_kernels
@@ -56,20 +57,6 @@ def ot_inputs(B: int, n: int, m: int, seed: int = 0, dtype=torch.float32):
     lt = torch.randn(B, m, generator=gen)
     cost = torch.rand(n, m, generator=gen)
     return ls.to(dtype), lt.to(dtype), (cost / cost.max()).to(dtype)
-
-
-def iterations_computed(B: int, n: int, m: int, iters: int = OT_ITERS) -> int:
-    """The iterations the block kernel computes for :func:`ot_inputs`' problems at ``tol=0``:
-    each problem stops one iteration after its iterate repeats bit for bit (an exact fixed
-    point, ``pytransfer.ot.block``), or at ``iters``. Found by solving without the stop at
-    every count up to ``iters`` (the roofline's work: the flops actually executed)."""
-    ls, lt, cost = ot_inputs(B, n, m)
-    a, b, C = ls.softmax(-1), lt.softmax(-1), cost[None].contiguous()
-    g = torch.stack([block.solve(a, b, C, OT_EPS, k, 0.0, fixed_stop=False)[1]
-                     for k in range(1, iters + 1)])
-    same = (g[1:] == g[:-1]).all(-1)  # (iters - 1, B): iterate k + 1 repeats iterate k
-    first = torch.where(same.any(0), same.int().argmax(0) + 2, iters)
-    return int(first.clamp(max=iters).sum())
 
 
 def handwritten_ot_loss(cost: torch.Tensor, eps: float = OT_EPS, iters: int = OT_ITERS):
@@ -242,7 +229,8 @@ def workloads(size: str, device: str = "cpu") -> list[Workload]:
     rounds = {"tiny": 1, "quick": 5, "full": 10}[size]
     out = []
     for B, n, m in OT_SIZES[size]:
-        done = iterations_computed(B, n, m)
+        ls, lt, cost = ot_inputs(B, n, m)
+        done = iterations_computed(ls.softmax(-1), lt.softmax(-1), cost, OT_EPS, OT_ITERS)
         out.append(_pair(
             "OTLoss", B * n * m, "B*n*m",
             f"B={B}, {n}x{m}, eps={OT_EPS}, {OT_ITERS} it, fwd+bwd, fp32; the kernel computes "
