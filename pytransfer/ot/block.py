@@ -21,9 +21,10 @@ Cost model (CPU, measured 1 thread, fp32, 20-100 iterations): the block kernel b
 batched GEMM loop at every B for K of up to 1716 elements (78 x 22: 2.5-3.2x at B = 256-4096)
 and for B >= 16 at 256 x 256 to 2048 x 512 (1.2-3.7x); it loses where most lanes idle on a
 large K (B = 1 at 1024 x 1024: 0.21x; B = 4: 0.81x; B = 1 at 256 x 256: 0.66x), where the
-GEMM loop's ~20 us of Python per iteration no longer matters. Hence ``use_gemm_loop``: the GEMM
-loop when K has >= ``GEMM_MIN_ELEMENTS`` entries and either at most a quarter of the lanes
-would be used or the blocks are fewer than the threads (so the threads would idle).
+GEMM loop's ~20 us of Python per iteration no longer matters (measured before the fixed-point
+stop and the fused division, which only speed up the block kernel). Hence ``use_gemm_loop``:
+the GEMM loop when K has >= ``GEMM_MIN_ELEMENTS`` entries and either at most a quarter of the
+lanes would be used or the blocks are fewer than the threads (so the threads would idle).
 """
 
 from __future__ import annotations
