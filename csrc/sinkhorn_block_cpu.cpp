@@ -144,79 +144,45 @@ inline bool product_divide(const T* K, const V* x, int64_t rows, int64_t len, co
   return any(*bad);
 }
 
-// <P, C> and <P, C> + eps KL(P || a b^T) of problems [p0, p0 + W) from their potentials (cost
-// units), one per lane: P = e^(Fmax + Gmax) diag(u) E diag(v), u = exp(F - Fmax),
-// v = exp(G - Gmax) in (0, 1], F = (f - cmin)/eps, G = g/eps, E = exp(-(C - cmin)/eps);
-// zero-mass entries carry no mass. With the row sums r = u (E v) and column sums
-// c = v (E^T u): <P, C> = scale u . (EC v), objective = scale (r . la + c . lb - eps sum r)
-// + eps |a| |b|, la = f - eps log a, lb = g - eps log b. The three products are block products
-// (W problems per load of E), exp and log run in vectorised row passes. Plus the dual
-// gradients of <P, C> (JTLN eq. 11): the potentials centred on the supports, fc and gc.
+// <P, C> of problems [p0, p0 + count) from their potentials (cost units), one per lane, and
+// P's row and column sums r (B, n), c (B, m) for objective_one (the path of a block holding a
+// problem absorbed into the log domain, which has potentials only):
+// P = e^(Fmax + Gmax) diag(u) E diag(v), u = exp(F - Fmax), v = exp(G - Gmax) in (0, 1],
+// F = (f - cmin)/eps, G = g/eps, E = exp(-(C - cmin)/eps); zero-mass entries carry no mass.
+// <P, C> = scale u . (EC v), r = scale u (E v), c = scale v (E^T u): three block products
+// (W problems per load of E), the exps in vectorised row passes.
 template <typename T>
 void values_block(const T* a, const T* b, const T* E, const T* ET, const T* EC, int64_t n,
                   int64_t m, T eps, T cmin, const T* f, const T* g, int64_t count,
-                  T* transport, T* objective, T* fc, T* gc) {
+                  T* transport, T* rows, T* cols) {
   typedef typename Lanes<T>::V V;
-  constexpr int W = Lanes<T>::W;
   const T ninf = -std::numeric_limits<T>::infinity();
-  std::vector<V> U(n), LA(n), V_(m), LB(m), KV(n), ECV(n), KTU(m);
-  std::vector<T> row(2 * std::max(n, m));
-  V scale = {}, mass = {};
-  for (int l = 0; l < W; ++l) {  // lanes past count stay all zero
-    if (l >= count) {
-      for (int64_t i = 0; i < n; ++i) U[i][l] = LA[i][l] = 0;
-      for (int64_t j = 0; j < m; ++j) V_[j][l] = LB[j][l] = 0;
-      continue;
-    }
+  std::vector<V> U(n), V_(m), KV(n), ECV(n), KTU(m);
+  std::vector<T> x(std::max(n, m));
+  V scale = {};
+  for (int l = 0; l < count; ++l) {  // lanes past count stay all zero
     const T *al = a + l * n, *bl = b + l * m, *fl = f + l * n, *gl = g + l * m;
-    T fmax = ninf, gmax = ninf, ma = 0, mb = 0;
+    T fmax = ninf, gmax = ninf;
     for (int64_t i = 0; i < n; ++i)
-      if (al[i] > 0) fmax = std::max(fmax, (fl[i] - cmin) / eps), ma += al[i];
+      if (al[i] > 0) fmax = std::max(fmax, (fl[i] - cmin) / eps);
     for (int64_t j = 0; j < m; ++j)
-      if (bl[j] > 0) gmax = std::max(gmax, gl[j] / eps), mb += bl[j];
+      if (bl[j] > 0) gmax = std::max(gmax, gl[j] / eps);
     scale[l] = std::exp(fmax + gmax);
-    mass[l] = ma * mb;
-    T *x = row.data(), *y = x + row.size() / 2;
-    for (int64_t i = 0; i < n; ++i) {  // (both branches evaluated: the loop vectorises)
-      x[i] = vexp((fl[i] - cmin) / eps - fmax);
-      y[i] = fl[i] - eps * vlog(al[i]);
-    }
-    for (int64_t i = 0; i < n; ++i) {
-      U[i][l] = al[i] > 0 ? x[i] : T(0);
-      LA[i][l] = al[i] > 0 ? y[i] : T(0);
-    }
-    for (int64_t j = 0; j < m; ++j) {
-      x[j] = vexp(gl[j] / eps - gmax);
-      y[j] = gl[j] - eps * vlog(bl[j]);
-    }
-    for (int64_t j = 0; j < m; ++j) {
-      V_[j][l] = bl[j] > 0 ? x[j] : T(0);
-      LB[j][l] = bl[j] > 0 ? y[j] : T(0);
-    }
+    // (both branches evaluated: the loops vectorise)
+    for (int64_t i = 0; i < n; ++i) x[i] = vexp((fl[i] - cmin) / eps - fmax);
+    for (int64_t i = 0; i < n; ++i) U[i][l] = al[i] > 0 ? x[i] : T(0);
+    for (int64_t j = 0; j < m; ++j) x[j] = vexp(gl[j] / eps - gmax);
+    for (int64_t j = 0; j < m; ++j) V_[j][l] = bl[j] > 0 ? x[j] : T(0);
   }
   block_product(E, V_.data(), n, m, KV.data());
   block_product(EC, V_.data(), n, m, ECV.data());
   block_product(ET, U.data(), m, n, KTU.data());
-  V tc = {}, total = {}, obj = {};
-  for (int64_t i = 0; i < n; ++i) {
-    const V r = U[i] * KV[i];
-    tc += U[i] * ECV[i];
-    total += r;
-    obj += r * LA[i];
-  }
-  for (int64_t j = 0; j < m; ++j) obj += V_[j] * KTU[j] * LB[j];
+  V tc = {};
+  for (int64_t i = 0; i < n; ++i) tc += U[i] * ECV[i];
   for (int l = 0; l < count; ++l) {
     transport[l] = scale[l] * tc[l];
-    objective[l] = scale[l] * (obj[l] - eps * total[l]) + eps * mass[l];
-    const T *al = a + l * n, *bl = b + l * m, *fl = f + l * n, *gl = g + l * m;
-    T sf = 0, sg = 0;
-    int64_t kf = 0, kg = 0;
-    for (int64_t i = 0; i < n; ++i)
-      if (al[i] > 0) sf += fl[i], ++kf;
-    for (int64_t j = 0; j < m; ++j)
-      if (bl[j] > 0) sg += gl[j], ++kg;
-    for (int64_t i = 0; i < n; ++i) fc[l * n + i] = fl[i] - sf / T(kf);
-    for (int64_t j = 0; j < m; ++j) gc[l * m + j] = gl[j] - sg / T(kg);
+    for (int64_t i = 0; i < n; ++i) rows[l * n + i] = scale[l] * U[i][l] * KV[i][l];
+    for (int64_t j = 0; j < m; ++j) cols[l * m + j] = scale[l] * V_[j][l] * KTU[j][l];
   }
 }
 
@@ -473,8 +439,10 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
 #pragma omp for schedule(dynamic, 1)
     for (int64_t c = 0; c < chunks; ++c)
       solve_range(P, std::min(B, blocks * c / chunks * W), std::min(B, blocks * (c + 1) / chunks * W));
-    // Per block of W problems: the values from the scalings (a block with an absorbed problem,
-    // which has potentials only: values_block from the potentials), then the potentials.
+    // Per block of W problems: <P, C> from the scalings, the potentials, then the objective
+    // and the centred potentials from P's row and column sums (kept at finish; in a block
+    // holding an absorbed problem, which has potentials only, <P, C> and the sums come from
+    // the potentials: values_block).
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < blocks; ++k) {
       const int64_t p0 = k * W, count = std::min<int64_t>(W, B - p0);
@@ -485,15 +453,13 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
                         transport + p0);
       for (int64_t p = p0; p < p0 + count; ++p)
         if (!absorbed[p]) to_potentials(f + p * n, g + p * m, n, m, eps, cmin);
-      if (transport != nullptr && scaled) {
+      if (transport != nullptr && !scaled)
+        values_block(a + p0 * n, b + p0 * m, E.data(), ET.data(), EC.data(), n, m, eps, cmin,
+                     f + p0 * n, g + p0 * m, count, transport + p0, fc + p0 * n, gc + p0 * m);
+      if (transport != nullptr)
         for (int64_t p = p0; p < p0 + count; ++p)
           objective_one(a + p * n, b + p * m, f + p * n, g + p * m, n, m, eps, fc + p * n,
                         gc + p * m, objective + p);
-      } else if (transport != nullptr) {
-        values_block(a + p0 * n, b + p0 * m, E.data(), ET.data(), EC.data(), n, m, eps, cmin,
-                     f + p0 * n, g + p0 * m, count, transport + p0, objective + p0,
-                     fc + p0 * n, gc + p0 * m);
-      }
     }
     if (converged != nullptr) {
 #pragma omp for schedule(static)
