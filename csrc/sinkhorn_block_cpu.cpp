@@ -186,6 +186,42 @@ void values_block(const T* a, const T* b, const T* E, const T* ET, const T* EC, 
   }
 }
 
+// Loads one side of a problem into lane l: weights W = w (all zero for w null: an empty lane),
+// off = 0 on the support w > 0 and hi off it (see Quotients), scalings x = x0 on the support
+// and 0 off it. Returns the mass of w, summed in order.
+template <typename T, typename V = typename Lanes<T>::V>
+__attribute__((optimize("no-tree-vectorize"))) T load_lane(int l, const T* w, int64_t len, T hi,
+                                                            V* W, V* off, V* x, T x0) {
+  T mass = 0;
+  for (int64_t i = 0; i < len; ++i) {
+    const T wi = w != nullptr ? w[i] : T(0);
+    W[i][l] = wi;
+    off[i][l] = wi > 0 ? T(0) : hi;
+    x[i][l] = wi > 0 ? x0 : T(0);
+    mass += wi;
+  }
+  return mass;
+}
+
+// out[i][l] = x[i] on the support w > 0, 0 off it (lane l of scalings back in a block).
+template <typename T, typename V = typename Lanes<T>::V>
+__attribute__((optimize("no-tree-vectorize"))) void to_lane(int l, const T* w, const T* x,
+                                                             int64_t len, V* out) {
+  for (int64_t i = 0; i < len; ++i) out[i][l] = w[i] > 0 ? x[i] : T(0);
+}
+
+// Lane l of a finished problem, one side (u, K v, a or v, K^T u, b): its scalings x into s
+// (off the support w > 0, 1 / (K x'), the c-transform's) and, unless null, P's row (column)
+// sums x (K x') into r. One scalar load per entry: vectorised, this gather of one lane of
+// len vectors costs more than it moves.
+template <typename T, typename V = typename Lanes<T>::V>
+__attribute__((optimize("no-tree-vectorize"))) void finish_lane(
+    int l, const V* w, const V* x, const V* kx, int64_t len, T* s, T* r) {
+  for (int64_t i = 0; i < len; ++i) s[i] = w[i][l] > 0 ? x[i][l] : T(1) / kx[i][l];
+  if (r != nullptr)
+    for (int64_t i = 0; i < len; ++i) r[i] = x[i][l] * kx[i][l];
+}
+
 template <typename T>
 struct Problem {  // the shared inputs of one solve
   const T *a, *b, *cost, *E, *ET;
@@ -219,8 +255,7 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
   std::vector<V> A(n), Bw(m), offa(n), offb(m), u(n), u_new(n), kv(n), v(m), v_new(m), ktu(m);
   std::vector<T> g_init(m);
   int64_t id[W], start[W];
-  bool frozen[W] = {};  // the lane's state is an exact fixed point: finish at the next test
-  M watch = {};  // all ones on lanes whose fixed point is looked for (live, not yet frozen)
+  M watch = {};  // all ones on lanes whose fixed point is looked for (live)
   V thr;  // tol * mass on live lanes; -inf on the others, so e <= thr never holds there
   int64_t next = p0, iter = 0;
   int64_t deadline = std::numeric_limits<int64_t>::max();  // <= min over live start + max_iter
@@ -233,31 +268,32 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
     P.n_iter[p] = done + more;
     P.absorbed[p] = 1;
   };
+  auto marginal_error = [&]() {  // |u (K v) - a|_1 of each lane's state (u, v): kv = K v
+    const V zero = {};
+    V e[4] = {};  // four partial sums: the adds do not wait on each other
+    for (int64_t i = 0; i < n; ++i) {
+      const V d = u[i] * kv[i] - A[i];
+      e[i & 3] += A[i] > zero ? (d < zero ? -d : d) : zero;
+    }
+    return (e[0] + e[1]) + (e[2] + e[3]);
+  };
   auto load = [&](int l) {  // the next problem into lane l (or an empty lane: all zero)
     for (;;) {
       const int64_t p = next < p1 ? next++ : -1;
       id[l] = p;
       start[l] = iter;
-      T mass = 0;
-      for (int64_t i = 0; i < n; ++i) {
-        A[i][l] = p >= 0 ? P.a[p * n + i] : T(0);
-        offa[i][l] = A[i][l] > 0 ? T(0) : P.hi;
-        u[i][l] = 0;
-        mass += A[i][l];
-      }
+      const T mass = load_lane<T>(l, p >= 0 ? P.a + p * n : nullptr, n, P.hi, A.data(),
+                                  offa.data(), u.data(), T(0));
+      load_lane<T>(l, p >= 0 ? P.b + p * m : nullptr, m, P.hi, Bw.data(), offb.data(), v.data(),
+                   T(1));
       bool in_range = true;
-      for (int64_t j = 0; j < m; ++j) {
-        Bw[j][l] = p >= 0 ? P.b[p * m + j] : T(0);
-        offb[j][l] = Bw[j][l] > 0 ? T(0) : P.hi;
-        T x = T(1);
-        if (p >= 0 && P.g_init != nullptr) {
-          x = std::exp(P.g_init[p * m + j] / P.eps);
+      if (p >= 0 && P.g_init != nullptr)
+        for (int64_t j = 0; j < m; ++j) {
+          const T x = std::exp(P.g_init[p * m + j] / P.eps);
           in_range &= !(Bw[j][l] > 0) || (x >= P.lo && x <= P.hi);
+          v[j][l] = Bw[j][l] > 0 ? x : T(0);
         }
-        v[j][l] = Bw[j][l] > 0 ? x : T(0);
-      }
       thr[l] = p >= 0 ? P.tol * mass : ninf;
-      frozen[l] = false;
       watch[l] = 0;
       if (p < 0) return;
       if (in_range) {
@@ -277,12 +313,10 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
   };
   auto finish = [&](int l, T e, int64_t done) {  // f, g hold the scalings until to_potentials
     const int64_t p = id[l];
-    for (int64_t i = 0; i < n; ++i) P.f[p * n + i] = A[i][l] > 0 ? u[i][l] : T(1) / kv[i][l];
-    for (int64_t j = 0; j < m; ++j) P.g[p * m + j] = Bw[j][l] > 0 ? v[j][l] : T(1) / ktu[j][l];
-    if (P.rows != nullptr) {  // P = diag(u) K diag(v): rows u K v, columns v K^T u
-      for (int64_t i = 0; i < n; ++i) P.rows[p * n + i] = u[i][l] * kv[i][l];
-      for (int64_t j = 0; j < m; ++j) P.cols[p * m + j] = v[j][l] * ktu[j][l];
-    }
+    finish_lane<T>(l, A.data(), u.data(), kv.data(), n, P.f + p * n,
+                   P.rows != nullptr ? P.rows + p * n : nullptr);
+    finish_lane<T>(l, Bw.data(), v.data(), ktu.data(), m, P.g + p * m,
+                   P.cols != nullptr ? P.cols + p * m : nullptr);
     P.n_iter[p] = done;
     P.err[p] = e;
     P.absorbed[p] = 0;
@@ -296,7 +330,6 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
     vacate(l);
   };
   for (int l = 0; l < W; ++l) load(l);
-  const V zero = {};
   M bad;
   while (live) {
     // K v and u_new = a / K v (the absorptions wait for the exit test, which reads u and K v)
@@ -304,12 +337,7 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
                                          P.hi, kv.data(), u_new.data(), &bad);
     const bool at_deadline = iter >= deadline;
     if (at_deadline || (P.tol > 0 && live > young)) {
-      // marginal error of the state (u, v): a by-product of K v
-      V e = {};
-      for (int64_t i = 0; i < n; ++i) {
-        const V d = u[i] * kv[i] - A[i];
-        e += A[i] > zero ? (d < zero ? -d : d) : zero;
-      }
+      const V e = marginal_error();  // of the state (u, v): a by-product of K v
       if (at_deadline || (P.tol > 0 && any(e <= thr))) {
         deadline = std::numeric_limits<int64_t>::max();
         for (int l = 0; l < W; ++l) {
@@ -317,7 +345,7 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
           const int64_t it = iter - start[l];
           if (it > 0 && P.tol > 0 && e[l] <= thr[l])
             finish(l, e[l], it);
-          else if (it == P.max_iter || frozen[l])
+          else if (it == P.max_iter)
             finish(l, e[l], P.max_iter);
           else
             deadline = std::min(deadline, start[l] + P.max_iter);
@@ -333,16 +361,20 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
                           v_new.data(), &bad))
       for (int l = 0; l < W; ++l)
         if (bad[l] != 0 && id[l] >= 0) absorb(l);  // v (old) is in range
-    if (any(watch)) {  // lanes whose v did not change: exact fixed points
+    if (any(watch)) {  // lanes whose v did not change: exact fixed points, finished now
       M moved = {};
       for (int64_t j = 0; j < m; ++j) moved |= v_new[j] != v[j];
-      if (any(watch & ~moved))
+      if (any(watch & ~moved)) {
+        // The state after this iteration, (u, v_new) = (u, v), is that of every later one, and
+        // kv = K v and ktu = K^T u are its products: finish with the outputs (err, n_iter
+        // included) the next exit test, or the one at max_iter, would give.
+        const V e = marginal_error();
         for (int l = 0; l < W; ++l)
           if (watch[l] != 0 && moved[l] == 0) {
-            frozen[l] = true;
-            watch[l] = 0;
-            deadline = std::min(deadline, iter + 1);
+            const int64_t it = iter + 1 - start[l];
+            finish(l, e[l], P.tol > 0 && e[l] <= thr[l] ? it : P.max_iter);
           }
+      }
     }
     std::swap(v, v_new);
     ++iter;
@@ -364,8 +396,8 @@ void transport_block(const T* a, const T* b, const T* EC, int64_t n, int64_t m, 
   typedef typename Lanes<T>::V V;
   std::vector<V> U(n), Vs(m), ECV(n);
   for (int64_t l = 0; l < count; ++l) {
-    for (int64_t i = 0; i < n; ++i) U[i][l] = a[l * n + i] > 0 ? f[l * n + i] : T(0);
-    for (int64_t j = 0; j < m; ++j) Vs[j][l] = b[l * m + j] > 0 ? g[l * m + j] : T(0);
+    to_lane<T>(l, a + l * n, f + l * n, n, U.data());
+    to_lane<T>(l, b + l * m, g + l * m, m, Vs.data());
   }
   block_product(EC, Vs.data(), n, m, ECV.data());
   V tc = {};
@@ -373,41 +405,78 @@ void transport_block(const T* a, const T* b, const T* EC, int64_t n, int64_t m, 
   for (int64_t l = 0; l < count; ++l) transport[l] = tc[l];
 }
 
-// The objective <P, C> + eps KL(P || a b^T) = sum_i r_i (f_i - eps log a_i)
-// + sum_j c_j (g_j - eps log b_j) - eps sum r + eps |a| |b| of one problem from its potentials
-// and P's row and column sums r, c (which it overwrites with the centred potentials, JTLN
-// eq. 11's dual gradients).
+// One problem's rows copied into buffers of a whole number of SIMD vectors, padded with
+// neutral values, so the loops below vectorise with no scalar remainder (rows of 78 and 22
+// entries would leave 14 and 6 of every row to scalar logs: most of the time of these passes).
 template <typename T>
-void objective_one(const T* a, const T* b, const T* f, const T* g, int64_t n, int64_t m, T eps,
-                   T* rows, T* cols, T* objective) {
-  T obj = 0, total = 0, ma = 0, mb = 0, sf = 0, sg = 0, kf = 0, kg = 0;
-  // (both branches evaluated and simd sums: the loops vectorise)
-#pragma omp simd reduction(+ : obj, total, ma, sf, kf)
-  for (int64_t i = 0; i < n; ++i) {
-    const T la = f[i] - eps * vlog(a[i]), sup = a[i] > 0 ? T(1) : T(0);
-    obj += a[i] > 0 ? rows[i] * la : T(0);
-    total += rows[i], ma += a[i], sf += sup * f[i], kf += sup;
+struct Padded {
+  typedef typename Lanes<T>::V V;
+  int64_t np, mp;        // n, m rounded up to whole vectors
+  std::vector<V> store;  // a, f, r (np each), b, g, c (mp each)
+  T *a, *f, *r, *b, *g, *c;
+  Padded(int64_t n, int64_t m)
+      : np((n + Lanes<T>::W - 1) / Lanes<T>::W * Lanes<T>::W),
+        mp((m + Lanes<T>::W - 1) / Lanes<T>::W * Lanes<T>::W),
+        store(3 * (np + mp) / Lanes<T>::W) {
+    a = reinterpret_cast<T*>(store.data());
+    f = a + np, r = f + np, b = r + np, g = b + mp, c = g + mp;
   }
-#pragma omp simd reduction(+ : obj, mb, sg, kg)
-  for (int64_t j = 0; j < m; ++j) {
-    const T lb = g[j] - eps * vlog(b[j]), sup = b[j] > 0 ? T(1) : T(0);
-    obj += b[j] > 0 ? cols[j] * lb : T(0);
-    mb += b[j], sg += sup * g[j], kg += sup;
-  }
-  *objective = obj - eps * total + eps * ma * mb;
-  for (int64_t i = 0; i < n; ++i) rows[i] = f[i] - sf / kf;
-  for (int64_t j = 0; j < m; ++j) cols[j] = g[j] - sg / kg;
+};
+
+// dst[0, len) = src, dst[len, padded) = pad.
+template <typename T>
+inline void copy_padded(T* dst, const T* src, int64_t len, int64_t padded, T pad) {
+  std::memcpy(dst, src, len * sizeof(T));
+  std::fill(dst + len, dst + padded, pad);
 }
 
-// The potentials f = eps log u + cmin, g = eps log v of a problem that finished in the scaling
-// form from the scalings finish() left in f and g (off the supports, 1 / (K v) and 1 / (K^T u):
-// the c-transforms), in vectorised passes over the rows.
+// The rest of one problem after its solve, on padded copies of its rows (off the supports,
+// a = 0 and b = 0, every term below is masked out; the padding is such an entry):
+// - with ``scalings``: the potentials f = eps log u + cmin, g = eps log v from the scalings
+//   finish() left in f and g (off the supports, 1 / (K v) and 1 / (K^T u): the c-transforms);
+// - with ``objective``: the objective <P, C> + eps KL(P || a b^T) = sum_i r_i (f_i - eps log a_i)
+//   + sum_j c_j (g_j - eps log b_j) - eps sum r + eps |a| |b| from the potentials and P's row
+//   and column sums r, c (which it overwrites with the centred potentials, JTLN eq. 11's dual
+//   gradients).
 template <typename T>
-void to_potentials(T* __restrict f, T* __restrict g, int64_t n, int64_t m, T eps, T cmin) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) f[i] = eps * vlog(f[i]) + cmin;
-#pragma omp simd
-  for (int64_t j = 0; j < m; ++j) g[j] = eps * vlog(g[j]);
+void finish_problem(const T* a, const T* b, T* f, T* g, int64_t n, int64_t m, T eps, T cmin,
+                    bool scalings, T* rows, T* cols, T* objective, Padded<T>& s) {
+  const int64_t np = s.np, mp = s.mp;
+  T *__restrict pf = s.f, *__restrict pg = s.g;
+  copy_padded(pf, f, n, np, T(1));
+  copy_padded(pg, g, m, mp, T(1));
+  if (scalings) {
+#pragma omp simd aligned(pf : 64)
+    for (int64_t i = 0; i < np; ++i) pf[i] = eps * vlog(pf[i]) + cmin;
+#pragma omp simd aligned(pg : 64)
+    for (int64_t j = 0; j < mp; ++j) pg[j] = eps * vlog(pg[j]);
+    std::memcpy(f, pf, n * sizeof(T));
+    std::memcpy(g, pg, m * sizeof(T));
+  }
+  if (objective == nullptr) return;
+  const T *__restrict pa = s.a, *__restrict pb = s.b, *__restrict pr = s.r, *__restrict pc = s.c;
+  copy_padded(s.a, a, n, np, T(0));
+  copy_padded(s.b, b, m, mp, T(0));
+  copy_padded(s.r, rows, n, np, T(0));
+  copy_padded(s.c, cols, m, mp, T(0));
+  T obj = 0, total = 0, ma = 0, mb = 0, sf = 0, sg = 0, kf = 0, kg = 0;
+  // (both branches evaluated and simd sums: the loops vectorise)
+#pragma omp simd aligned(pa, pf, pr : 64) reduction(+ : obj, total, ma, sf, kf)
+  for (int64_t i = 0; i < np; ++i) {
+    const T la = pf[i] - eps * vlog(pa[i]), sup = pa[i] > 0 ? T(1) : T(0);
+    obj += pa[i] > 0 ? pr[i] * la : T(0);
+    total += pr[i], ma += pa[i], sf += sup * pf[i], kf += sup;
+  }
+#pragma omp simd aligned(pb, pg, pc : 64) reduction(+ : obj, mb, sg, kg)
+  for (int64_t j = 0; j < mp; ++j) {
+    const T lb = pg[j] - eps * vlog(pb[j]), sup = pb[j] > 0 ? T(1) : T(0);
+    obj += pb[j] > 0 ? pc[j] * lb : T(0);
+    mb += pb[j], sg += sup * pg[j], kg += sup;
+  }
+  *objective = obj - eps * total + eps * ma * mb;
+  const T mf = sf / kf, mg = sg / kg;
+  for (int64_t i = 0; i < n; ++i) rows[i] = pf[i] - mf;
+  for (int64_t j = 0; j < m; ++j) cols[j] = pg[j] - mg;
 }
 
 }  // namespace
@@ -443,6 +512,7 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
     // and the centred potentials from P's row and column sums (kept at finish; in a block
     // holding an absorbed problem, which has potentials only, <P, C> and the sums come from
     // the potentials: values_block).
+    Padded<T> rows_of(n, m);
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < blocks; ++k) {
       const int64_t p0 = k * W, count = std::min<int64_t>(W, B - p0);
@@ -451,15 +521,20 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
       if (transport != nullptr && scaled)
         transport_block(a + p0 * n, b + p0 * m, EC.data(), n, m, f + p0 * n, g + p0 * m, count,
                         transport + p0);
+      // (values_block needs the potentials of the whole block: the objective waits for it)
+      const bool now = transport != nullptr && scaled;
       for (int64_t p = p0; p < p0 + count; ++p)
-        if (!absorbed[p]) to_potentials(f + p * n, g + p * m, n, m, eps, cmin);
-      if (transport != nullptr && !scaled)
+        if (!absorbed[p] || now)
+          finish_problem(a + p * n, b + p * m, f + p * n, g + p * m, n, m, eps, cmin,
+                         !absorbed[p], fc + p * n, gc + p * m, now ? objective + p : nullptr,
+                         rows_of);
+      if (transport != nullptr && !scaled) {
         values_block(a + p0 * n, b + p0 * m, E.data(), ET.data(), EC.data(), n, m, eps, cmin,
                      f + p0 * n, g + p0 * m, count, transport + p0, fc + p0 * n, gc + p0 * m);
-      if (transport != nullptr)
         for (int64_t p = p0; p < p0 + count; ++p)
-          objective_one(a + p * n, b + p * m, f + p * n, g + p * m, n, m, eps, fc + p * n,
-                        gc + p * m, objective + p);
+          finish_problem(a + p * n, b + p * m, f + p * n, g + p * m, n, m, eps, cmin, false,
+                         fc + p * n, gc + p * m, objective + p, rows_of);
+      }
     }
     if (converged != nullptr) {
 #pragma omp for schedule(static)
