@@ -23,25 +23,28 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 #include <vector>
+
+#if defined(__FMA__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "sinkhorn_cpu.h"
 #include "vec_math.h"
 
+// The vector helpers below pass and return SIMD vectors; they are internal and inlined, so the
+// ABI note GCC gives for them on a target without AVX / AVX-512 does not apply.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 namespace pytransfer {
 namespace {
 
-template <typename T>
-struct Lanes;
-template <>
-struct Lanes<float> {
-  typedef float V __attribute__((vector_size(64)));
-  static constexpr int W = 16;
-};
-template <>
-struct Lanes<double> {
-  typedef double V __attribute__((vector_size(64)));
-  static constexpr int W = 8;
+// W lanes of T in one SIMD vector of Bytes bytes.
+template <typename T, int Bytes = 64>
+struct Lanes {
+  typedef T V __attribute__((vector_size(Bytes)));
+  static constexpr int W = Bytes / sizeof(T);
 };
 
 // Whether any lane of a comparison mask is set: one OR over its 64 bytes, no lane loop.
@@ -52,6 +55,54 @@ inline bool any(const M& mask) {
   uint64_t r = 0;
   for (uint64_t x : w) r |= x;
   return r != 0;
+}
+
+// a * b + c rounded once where the CPU has FMA, for every vector width alike. Written out, not
+// left to the compiler's contraction of a * b + c, which it makes or not per width and per loop
+// (GCC 12 leaves a remainder loop unfused at 32 bytes): a lane must compute the same bits in a
+// block of any width (the tail of solve_range narrows it). Without FMA nothing is contracted.
+#if defined(__FMA__)
+inline __m256 fma256(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
+inline __m256d fma256(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
+#endif
+template <typename V>
+__attribute__((always_inline)) inline V fmadd(const V& a, const V& b, const V& c) {
+#if defined(__AVX512F__) || defined(__FMA__)
+  typedef std::remove_cv_t<std::remove_reference_t<decltype(a[0])>> T;
+#endif
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64 && sizeof(T) == 4) return _mm512_fmadd_ps(a, b, c);
+  if constexpr (sizeof(V) == 64 && sizeof(T) == 8) return _mm512_fmadd_pd(a, b, c);
+#endif
+#if defined(__FMA__)
+  typedef T H __attribute__((vector_size(32)));
+  if constexpr (sizeof(V) == 32) {
+    return fma256(a, b, c);
+  } else if constexpr (sizeof(V) == 64) {  // two 32-byte halves
+    H x[2], y[2], z[2];
+    std::memcpy(x, &a, 64), std::memcpy(y, &b, 64), std::memcpy(z, &c, 64);
+    z[0] = fma256(x[0], y[0], z[0]), z[1] = fma256(x[1], y[1], z[1]);
+    V r;
+    std::memcpy(&r, z, 64);
+    return r;
+  }
+#endif
+  return a * b + c;
+}
+
+// fmadd with a scalar a, broadcast to every lane.
+template <typename T, typename V>
+__attribute__((always_inline)) inline V fmadd(T a, const V& b, const V& c) {
+#if defined(__AVX512F__)
+  if constexpr (sizeof(V) == 64 && sizeof(T) == 4) return _mm512_fmadd_ps(_mm512_set1_ps(a), b, c);
+  if constexpr (sizeof(V) == 64 && sizeof(T) == 8) return _mm512_fmadd_pd(_mm512_set1_pd(a), b, c);
+#endif
+#if defined(__FMA__)
+  if constexpr (sizeof(V) == 32 && sizeof(T) == 4) return _mm256_fmadd_ps(_mm256_set1_ps(a), b, c);
+  if constexpr (sizeof(V) == 32 && sizeof(T) == 8) return _mm256_fmadd_pd(_mm256_set1_pd(a), b, c);
+  if constexpr (sizeof(V) == 64) return fmadd(V{} + a, b, c);
+#endif
+  return a * b + c;
 }
 
 // out(i, sum_j M[i, j] x[j]) for i < rows; M row-major (rows, len), x a lane vector per column.
@@ -65,14 +116,14 @@ __attribute__((always_inline)) inline void block_product_to(const T* M, const V*
     V c0 = {}, c1 = {}, c2 = {}, c3 = {}, c4 = {}, c5 = {}, c6 = {}, c7 = {};
     for (int64_t j = 0; j < len; ++j) {
       const V xj = x[j];
-      c0 += r[j] * xj;
-      c1 += r[len + j] * xj;
-      c2 += r[2 * len + j] * xj;
-      c3 += r[3 * len + j] * xj;
-      c4 += r[4 * len + j] * xj;
-      c5 += r[5 * len + j] * xj;
-      c6 += r[6 * len + j] * xj;
-      c7 += r[7 * len + j] * xj;
+      c0 = fmadd(r[j], xj, c0);
+      c1 = fmadd(r[len + j], xj, c1);
+      c2 = fmadd(r[2 * len + j], xj, c2);
+      c3 = fmadd(r[3 * len + j], xj, c3);
+      c4 = fmadd(r[4 * len + j], xj, c4);
+      c5 = fmadd(r[5 * len + j], xj, c5);
+      c6 = fmadd(r[6 * len + j], xj, c6);
+      c7 = fmadd(r[7 * len + j], xj, c7);
     }
     out(i, c0), out(i + 1, c1), out(i + 2, c2), out(i + 3, c3);
     out(i + 4, c4), out(i + 5, c5), out(i + 6, c6), out(i + 7, c7);
@@ -82,10 +133,10 @@ __attribute__((always_inline)) inline void block_product_to(const T* M, const V*
     V c0 = {}, c1 = {}, c2 = {}, c3 = {};
     for (int64_t j = 0; j < len; ++j) {
       const V xj = x[j];
-      c0 += r[j] * xj;
-      c1 += r[len + j] * xj;
-      c2 += r[2 * len + j] * xj;
-      c3 += r[3 * len + j] * xj;
+      c0 = fmadd(r[j], xj, c0);
+      c1 = fmadd(r[len + j], xj, c1);
+      c2 = fmadd(r[2 * len + j], xj, c2);
+      c3 = fmadd(r[3 * len + j], xj, c3);
     }
     out(i, c0), out(i + 1, c1), out(i + 2, c2), out(i + 3, c3);
   }
@@ -94,12 +145,12 @@ __attribute__((always_inline)) inline void block_product_to(const T* M, const V*
     V c0 = {}, c1 = {}, c2 = {}, c3 = {};
     int64_t j = 0;
     for (; j + 4 <= len; j += 4) {
-      c0 += r[j] * x[j];
-      c1 += r[j + 1] * x[j + 1];
-      c2 += r[j + 2] * x[j + 2];
-      c3 += r[j + 3] * x[j + 3];
+      c0 = fmadd(r[j], x[j], c0);
+      c1 = fmadd(r[j + 1], x[j + 1], c1);
+      c2 = fmadd(r[j + 2], x[j + 2], c2);
+      c3 = fmadd(r[j + 3], x[j + 3], c3);
     }
-    for (; j < len; ++j) c0 += r[j] * x[j];
+    for (; j < len; ++j) c0 = fmadd(r[j], x[j], c0);
     out(i, (c0 + c1) + (c2 + c3));
   }
 }
@@ -238,17 +289,31 @@ struct Problem {  // the shared inputs of one solve
   T *rows, *cols;  // (B, n), (B, m) or nullptr: P's row and column sums at finish (values)
 };
 
+// A problem in progress, handed from a block of lanes to a narrower one: its index, the
+// iterations done, its state (u, v) and K^T u (which finish() reads at the next exit test).
+template <typename T>
+struct Carried {
+  int64_t p, done;
+  std::vector<T> u, v, ktu;
+};
+
 // Solves problems [p0, p1) with one block of W lanes, refilled as problems finish. The lane
 // bookkeeping stays off the per-iteration path: lane l has done iter - start[l] iterations,
 // the exit test runs only when a lane may stop (some lane has an iteration behind it and
 // tol > 0, or the earliest max_iter deadline is reached), a vector compare of the marginal
 // errors with the thresholds decides whether any lane did, and the lanes are walked only
 // when one stops, leaves the scalings' range, or must be refilled.
-template <typename T>
-void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
-  typedef typename Lanes<T>::V V;
+// The tail: once no problem is left to load and at most half of the lanes are live, the block
+// hands them (``carried``, loaded first) to one of 32-byte vectors, which costs half as much
+// per iteration where the FPU is 256 bits wide (AMD Zen 4: a 64-byte FMA takes both of its
+// 256-bit pipes) and the same elsewhere. A lane's arithmetic does not depend on the width,
+// so the outputs are the same.
+template <typename T, int Bytes = 64>
+void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
+                 const std::vector<Carried<T>>& carried = {}) {
+  typedef typename Lanes<T, Bytes>::V V;
   typedef decltype(V{} > V{}) M;
-  constexpr int W = Lanes<T>::W;
+  constexpr int W = Lanes<T, Bytes>::W;
   const int64_t n = P.n, m = P.m;
   const T ninf = -std::numeric_limits<T>::infinity();
   // offa, offb: 0 on the supports of a, b, hi off them (see Quotients)
@@ -268,14 +333,14 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
     P.n_iter[p] = done + more;
     P.absorbed[p] = 1;
   };
-  auto marginal_error = [&]() {  // |u (K v) - a|_1 of each lane's state (u, v): kv = K v
+  auto marginal_error = [&](V& out) {  // |u (K v) - a|_1 of each lane's state (u, v): kv = K v
     const V zero = {};
     V e[4] = {};  // four partial sums: the adds do not wait on each other
     for (int64_t i = 0; i < n; ++i) {
-      const V d = u[i] * kv[i] - A[i];
+      const V d = fmadd(u[i], kv[i], -A[i]);
       e[i & 3] += A[i] > zero ? (d < zero ? -d : d) : zero;
     }
-    return (e[0] + e[1]) + (e[2] + e[3]);
+    out = (e[0] + e[1]) + (e[2] + e[3]);
   };
   auto load = [&](int l) {  // the next problem into lane l (or an empty lane: all zero)
     for (;;) {
@@ -329,7 +394,23 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
     log_solve(p, iter - start[l], g_init.data());
     vacate(l);
   };
-  for (int l = 0; l < W; ++l) load(l);
+  for (int l = 0; l < W; ++l) {
+    if (l >= static_cast<int>(carried.size())) {
+      load(l);
+      continue;
+    }
+    const Carried<T>& c = carried[l];
+    id[l] = c.p;
+    start[l] = iter - c.done;
+    const T mass = load_lane<T>(l, P.a + c.p * n, n, P.hi, A.data(), offa.data(), u.data(), T(0));
+    load_lane<T>(l, P.b + c.p * m, m, P.hi, Bw.data(), offb.data(), v.data(), T(1));
+    for (int64_t i = 0; i < n; ++i) u[i][l] = c.u[i];
+    for (int64_t j = 0; j < m; ++j) v[j][l] = c.v[j], ktu[j][l] = c.ktu[j];
+    thr[l] = P.tol * mass;
+    watch[l] = P.fixed_stop ? -1 : 0;
+    ++live;
+    deadline = std::min(deadline, start[l] + P.max_iter);
+  }
   M bad;
   while (live) {
     // K v and u_new = a / K v (the absorptions wait for the exit test, which reads u and K v)
@@ -337,7 +418,8 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
                                          P.hi, kv.data(), u_new.data(), &bad);
     const bool at_deadline = iter >= deadline;
     if (at_deadline || (P.tol > 0 && live > young)) {
-      const V e = marginal_error();  // of the state (u, v): a by-product of K v
+      V e;
+      marginal_error(e);  // of the state (u, v): a by-product of K v
       if (at_deadline || (P.tol > 0 && any(e <= thr))) {
         deadline = std::numeric_limits<int64_t>::max();
         for (int l = 0; l < W; ++l) {
@@ -368,7 +450,8 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
         // The state after this iteration, (u, v_new) = (u, v), is that of every later one, and
         // kv = K v and ktu = K^T u are its products: finish with the outputs (err, n_iter
         // included) the next exit test, or the one at max_iter, would give.
-        const V e = marginal_error();
+        V e;
+        marginal_error(e);
         for (int l = 0; l < W; ++l)
           if (watch[l] != 0 && moved[l] == 0) {
             const int64_t it = iter + 1 - start[l];
@@ -383,6 +466,21 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1) {
       holes = 0;
       for (int l = 0; l < W; ++l)
         if (id[l] < 0) load(l);
+    }
+    if constexpr (Bytes > 32) {
+      if (next >= p1 && live > 0 && live <= W / 2) {  // the tail: half the width
+        std::vector<Carried<T>> carry;
+        for (int l = 0; l < W; ++l) {
+          if (id[l] < 0) continue;
+          Carried<T> c{id[l], iter - start[l], std::vector<T>(n), std::vector<T>(m),
+                       std::vector<T>(m)};
+          for (int64_t i = 0; i < n; ++i) c.u[i] = u[i][l];
+          for (int64_t j = 0; j < m; ++j) c.v[j] = v[j][l], c.ktu[j] = ktu[j][l];
+          carry.push_back(std::move(c));
+        }
+        solve_range<T, Bytes / 2>(P, p1, p1, carry);
+        return;
+      }
     }
   }
 }
