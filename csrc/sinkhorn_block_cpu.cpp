@@ -645,6 +645,18 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
   }
 }
 
+// sum x[0, len) in double, in eight partial sums (one SIMD vector of them; a single running sum
+// waits on each add: a short row costs its length times the add latency).
+template <typename T>
+double mass_of(const T* x, int64_t len) {
+  double s[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8)
+    for (int k = 0; k < 8; ++k) s[k] += x[i + k];
+  for (; i < len; ++i) s[i & 7] += x[i];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
 // The value checks of sinkhorn(check_inputs=True) in one pass over a, b and cost: every entry
 // finite, weights >= 0, every problem's masses > 0 and equal within rtol (relative, in double).
 // Returns whether all hold; *span = max C - min C (the exponent range of K times eps) and
@@ -652,30 +664,25 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
 template <typename T>
 bool sinkhorn_check(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
                     int64_t cost_count, double rtol, double* span, double* big) {
-  // (vectorised: a count of entries outside [0, max] (NaN and inf included) and simd sums)
+  // (vectorised: flags of entries outside [0, max] (NaN and inf included) over all of a and
+  // b at once, & not && so that no branch stops the vectoriser, then each problem's masses in
+  // double, mass_of)
   const T top = std::numeric_limits<T>::max();
-  bool ok = true;
-  for (int64_t p = 0; p < B; ++p) {
-    double ma = 0, mb = 0;
-    int64_t bad = 0;
-    const T *ap = a + p * n, *bp = b + p * m;
-#pragma omp simd reduction(+ : ma, bad)
-    for (int64_t i = 0; i < n; ++i) {
-      bad += !(ap[i] >= 0 && ap[i] <= top);
-      ma += ap[i];
-    }
-#pragma omp simd reduction(+ : mb, bad)
-    for (int64_t j = 0; j < m; ++j) {
-      bad += !(bp[j] >= 0 && bp[j] <= top);
-      mb += bp[j];
-    }
-    ok &= bad == 0 && ma > 0 && mb > 0 && std::abs(ma - mb) <= rtol * std::max(ma, mb);
+  int outside = 0;
+#pragma omp simd reduction(| : outside)
+  for (int64_t k = 0; k < B * n; ++k) outside |= !((a[k] >= 0) & (a[k] <= top));
+#pragma omp simd reduction(| : outside)
+  for (int64_t k = 0; k < B * m; ++k) outside |= !((b[k] >= 0) & (b[k] <= top));
+  bool ok = outside == 0;
+  for (int64_t p = 0; ok && p < B; ++p) {
+    const double ma = mass_of(a + p * n, n), mb = mass_of(b + p * m, m);
+    ok = ma > 0 && mb > 0 && std::abs(ma - mb) <= rtol * std::max(ma, mb);
   }
   T lo = cost[0], hi = cost[0];
-  int64_t bad = 0;
-#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(+ : bad)
+  int bad = 0;
+#pragma omp simd reduction(min : lo) reduction(max : hi) reduction(| : bad)
   for (int64_t k = 0; k < cost_count; ++k) {
-    bad += !(cost[k] >= -top && cost[k] <= top);
+    bad |= !((cost[k] >= -top) & (cost[k] <= top));
     lo = std::min(lo, cost[k]);
     hi = std::max(hi, cost[k]);
   }
