@@ -237,21 +237,30 @@ void values_block(const T* a, const T* b, const T* E, const T* ET, const T* EC, 
   }
 }
 
+// sum x[0, len) in double, in eight partial sums (one SIMD vector of them; a single running sum
+// waits on each add: a short row costs its length times the add latency).
+template <typename T>
+double mass_of(const T* x, int64_t len) {
+  double s[8] = {};
+  int64_t i = 0;
+  for (; i + 8 <= len; i += 8)
+    for (int k = 0; k < 8; ++k) s[k] += x[i + k];
+  for (; i < len; ++i) s[i & 7] += x[i];
+  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
 // Loads one side of a problem into lane l: weights W = w (all zero for w null: an empty lane),
 // off = 0 on the support w > 0 and hi off it (see Quotients), scalings x = x0 on the support
-// and 0 off it. Returns the mass of w, summed in order.
+// and 0 off it.
 template <typename T, typename V = typename Lanes<T>::V>
-__attribute__((optimize("no-tree-vectorize"))) T load_lane(int l, const T* w, int64_t len, T hi,
-                                                            V* W, V* off, V* x, T x0) {
-  T mass = 0;
+__attribute__((optimize("no-tree-vectorize"))) void load_lane(int l, const T* w, int64_t len, T hi,
+                                                               V* W, V* off, V* x, T x0) {
   for (int64_t i = 0; i < len; ++i) {
     const T wi = w != nullptr ? w[i] : T(0);
     W[i][l] = wi;
     off[i][l] = wi > 0 ? T(0) : hi;
     x[i][l] = wi > 0 ? x0 : T(0);
-    mass += wi;
   }
-  return mass;
 }
 
 // out[i][l] = x[i] on the support w > 0, 0 off it (lane l of scalings back in a block).
@@ -342,13 +351,16 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
     }
     out = (e[0] + e[1]) + (e[2] + e[3]);
   };
+  auto threshold = [&](int64_t p) {  // tol * mass of problem p (tol = 0: 0, the mass unread)
+    return P.tol > 0 ? P.tol * static_cast<T>(mass_of(P.a + p * n, n)) : T(0);
+  };
   auto load = [&](int l) {  // the next problem into lane l (or an empty lane: all zero)
     for (;;) {
       const int64_t p = next < p1 ? next++ : -1;
       id[l] = p;
       start[l] = iter;
-      const T mass = load_lane<T>(l, p >= 0 ? P.a + p * n : nullptr, n, P.hi, A.data(),
-                                  offa.data(), u.data(), T(0));
+      load_lane<T>(l, p >= 0 ? P.a + p * n : nullptr, n, P.hi, A.data(), offa.data(), u.data(),
+                   T(0));
       load_lane<T>(l, p >= 0 ? P.b + p * m : nullptr, m, P.hi, Bw.data(), offb.data(), v.data(),
                    T(1));
       bool in_range = true;
@@ -358,7 +370,7 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
           in_range &= !(Bw[j][l] > 0) || (x >= P.lo && x <= P.hi);
           v[j][l] = Bw[j][l] > 0 ? x : T(0);
         }
-      thr[l] = p >= 0 ? P.tol * mass : ninf;
+      thr[l] = p >= 0 ? threshold(p) : ninf;
       watch[l] = 0;
       if (p < 0) return;
       if (in_range) {
@@ -402,11 +414,11 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
     const Carried<T>& c = carried[l];
     id[l] = c.p;
     start[l] = iter - c.done;
-    const T mass = load_lane<T>(l, P.a + c.p * n, n, P.hi, A.data(), offa.data(), u.data(), T(0));
+    load_lane<T>(l, P.a + c.p * n, n, P.hi, A.data(), offa.data(), u.data(), T(0));
     load_lane<T>(l, P.b + c.p * m, m, P.hi, Bw.data(), offb.data(), v.data(), T(1));
     for (int64_t i = 0; i < n; ++i) u[i][l] = c.u[i];
     for (int64_t j = 0; j < m; ++j) v[j][l] = c.v[j], ktu[j][l] = c.ktu[j];
-    thr[l] = P.tol * mass;
+    thr[l] = threshold(c.p);
     watch[l] = P.fixed_stop ? -1 : 0;
     ++live;
     deadline = std::min(deadline, start[l] + P.max_iter);
@@ -637,24 +649,12 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
     if (converged != nullptr) {
 #pragma omp for schedule(static)
       for (int64_t p = 0; p < B; ++p) {
-        T mass = 0;
-        for (int64_t i = 0; i < n; ++i) mass += a[p * n + i];
+        // (tol = 0: err <= 0 whatever the mass)
+        const T mass = tol > 0 ? static_cast<T>(mass_of(a + p * n, n)) : T(0);
         converged[p] = err[p] <= tol * mass;
       }
     }
   }
-}
-
-// sum x[0, len) in double, in eight partial sums (one SIMD vector of them; a single running sum
-// waits on each add: a short row costs its length times the add latency).
-template <typename T>
-double mass_of(const T* x, int64_t len) {
-  double s[8] = {};
-  int64_t i = 0;
-  for (; i + 8 <= len; i += 8)
-    for (int k = 0; k < 8; ++k) s[k] += x[i + k];
-  for (; i < len; ++i) s[i & 7] += x[i];
-  return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
 }
 
 // The value checks of sinkhorn(check_inputs=True) in one pass over a, b and cost: every entry
