@@ -105,42 +105,40 @@ __attribute__((always_inline)) inline V fmadd(T a, const V& b, const V& c) {
   return a * b + c;
 }
 
-// out(i, sum_j M[i, j] x[j]) for i < rows; M row-major (rows, len), x a lane vector per column.
+// out(i0 + k, sum_j r[k, j] x[j]) for the R rows k < R of r (row-major, len): R independent FMA
+// chains, one load of x[j] per R FMAs. (Always inlined, so the sums stay in registers.)
+template <int R, typename T, typename V, typename Out>
+__attribute__((always_inline)) inline void row_group(const T* r, const V* x, int64_t len,
+                                                     int64_t i0, Out& out) {
+  V c[R];
+#pragma GCC unroll 8
+  for (int k = 0; k < R; ++k) c[k] = V{};
+  for (int64_t j = 0; j < len; ++j) {
+    const V xj = x[j];
+#pragma GCC unroll 8
+    for (int k = 0; k < R; ++k) c[k] = fmadd(r[k * len + j], xj, c[k]);
+  }
+#pragma GCC unroll 8
+  for (int k = 0; k < R; ++k) out(i0 + k, c[k]);
+}
+
+// out(i, sum_j M[i, j] x[j]) for i < rows; M row-major (rows, len), x a lane vector per column:
+// groups of 8 rows, the 4 to 7 left as one group (enough chains to hide the FMA latency), and
+// any last 1 to 3 rows with four partial sums each, so their FMAs do not wait on each other.
 // (Always inlined, so the state of out stays in registers.)
 template <typename T, typename V, typename Out>
 __attribute__((always_inline)) inline void block_product_to(const T* M, const V* x, int64_t rows,
                                                             int64_t len, Out& out) {
   int64_t i = 0;
-  for (; i + 8 <= rows; i += 8) {
-    const T* r = M + i * len;
-    V c0 = {}, c1 = {}, c2 = {}, c3 = {}, c4 = {}, c5 = {}, c6 = {}, c7 = {};
-    for (int64_t j = 0; j < len; ++j) {
-      const V xj = x[j];
-      c0 = fmadd(r[j], xj, c0);
-      c1 = fmadd(r[len + j], xj, c1);
-      c2 = fmadd(r[2 * len + j], xj, c2);
-      c3 = fmadd(r[3 * len + j], xj, c3);
-      c4 = fmadd(r[4 * len + j], xj, c4);
-      c5 = fmadd(r[5 * len + j], xj, c5);
-      c6 = fmadd(r[6 * len + j], xj, c6);
-      c7 = fmadd(r[7 * len + j], xj, c7);
-    }
-    out(i, c0), out(i + 1, c1), out(i + 2, c2), out(i + 3, c3);
-    out(i + 4, c4), out(i + 5, c5), out(i + 6, c6), out(i + 7, c7);
+  for (; i + 8 <= rows; i += 8) row_group<8>(M + i * len, x, len, i, out);
+  switch (rows - i) {
+    case 7: row_group<7>(M + i * len, x, len, i, out), i += 7; break;
+    case 6: row_group<6>(M + i * len, x, len, i, out), i += 6; break;
+    case 5: row_group<5>(M + i * len, x, len, i, out), i += 5; break;
+    case 4: row_group<4>(M + i * len, x, len, i, out), i += 4; break;
+    default: break;
   }
-  for (; i + 4 <= rows; i += 4) {
-    const T* r = M + i * len;
-    V c0 = {}, c1 = {}, c2 = {}, c3 = {};
-    for (int64_t j = 0; j < len; ++j) {
-      const V xj = x[j];
-      c0 = fmadd(r[j], xj, c0);
-      c1 = fmadd(r[len + j], xj, c1);
-      c2 = fmadd(r[2 * len + j], xj, c2);
-      c3 = fmadd(r[3 * len + j], xj, c3);
-    }
-    out(i, c0), out(i + 1, c1), out(i + 2, c2), out(i + 3, c3);
-  }
-  for (; i < rows; ++i) {  // the last rows: four partial sums, so FMAs do not wait on each other
+  for (; i < rows; ++i) {
     const T* r = M + i * len;
     V c0 = {}, c1 = {}, c2 = {}, c3 = {};
     int64_t j = 0;
