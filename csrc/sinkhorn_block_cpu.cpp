@@ -342,12 +342,15 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
   };
   auto marginal_error = [&](V& out) {  // |u (K v) - a|_1 of each lane's state (u, v): kv = K v
     const V zero = {};
-    V e[4] = {};  // four partial sums: the adds do not wait on each other
-    for (int64_t i = 0; i < n; ++i) {
+    auto term = [&](int64_t i) {
       const V d = fmadd(u[i], kv[i], -A[i]);
-      e[i & 3] += A[i] > zero ? (d < zero ? -d : d) : zero;
-    }
-    out = (e[0] + e[1]) + (e[2] + e[3]);
+      return A[i] > zero ? (d < zero ? -d : d) : zero;
+    };
+    V e0 = {}, e1 = {}, e2 = {}, e3 = {};  // four partial sums: the adds do not wait on each other
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) e0 += term(i), e1 += term(i + 1), e2 += term(i + 2), e3 += term(i + 3);
+    for (; i < n; ++i) e0 += term(i);
+    out = (e0 + e1) + (e2 + e3);
   };
   auto threshold = [&](int64_t p) {  // tol * mass of problem p (tol = 0: 0, the mass unread)
     return P.tol > 0 ? P.tol * static_cast<T>(mass_of(P.a + p * n, n)) : T(0);
