@@ -248,8 +248,8 @@ double mass_of(const T* x, int64_t len) {
 }
 
 // Loads one side of a problem into lane l: weights W = w (all zero for w null: an empty lane),
-// off = 0 on the support w > 0 and hi off it (see Quotients), scalings x = x0 on the support
-// and 0 off it.
+// off = 0 on the support w > 0 and hi off it (see Quotients), and unless x is null, scalings
+// x = x0 on the support and 0 off it.
 template <typename T, typename V = typename Lanes<T>::V>
 __attribute__((optimize("no-tree-vectorize"))) void load_lane(int l, const T* w, int64_t len, T hi,
                                                                V* W, V* off, V* x, T x0) {
@@ -257,8 +257,9 @@ __attribute__((optimize("no-tree-vectorize"))) void load_lane(int l, const T* w,
     const T wi = w != nullptr ? w[i] : T(0);
     W[i][l] = wi;
     off[i][l] = wi > 0 ? T(0) : hi;
-    x[i][l] = wi > 0 ? x0 : T(0);
   }
+  if (x != nullptr)
+    for (int64_t i = 0; i < len; ++i) x[i][l] = W[i][l] > 0 ? x0 : T(0);
 }
 
 // out[i][l] = x[i] on the support w > 0, 0 off it (lane l of scalings back in a block).
@@ -360,8 +361,10 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
       const int64_t p = next < p1 ? next++ : -1;
       id[l] = p;
       start[l] = iter;
-      load_lane<T>(l, p >= 0 ? P.a + p * n : nullptr, n, P.hi, A.data(), offa.data(), u.data(),
-                   T(0));
+      // (no u: the first product writes it before anything reads it, as the exit test skips a
+      // lane with no iteration behind it)
+      load_lane<T>(l, p >= 0 ? P.a + p * n : nullptr, n, P.hi, A.data(), offa.data(),
+                   static_cast<V*>(nullptr), T(0));
       load_lane<T>(l, p >= 0 ? P.b + p * m : nullptr, m, P.hi, Bw.data(), offb.data(), v.data(),
                    T(1));
       bool in_range = true;
@@ -415,7 +418,8 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
     const Carried<T>& c = carried[l];
     id[l] = c.p;
     start[l] = iter - c.done;
-    load_lane<T>(l, P.a + c.p * n, n, P.hi, A.data(), offa.data(), u.data(), T(0));
+    load_lane<T>(l, P.a + c.p * n, n, P.hi, A.data(), offa.data(), static_cast<V*>(nullptr),
+                 T(0));
     load_lane<T>(l, P.b + c.p * m, m, P.hi, Bw.data(), offb.data(), v.data(), T(1));
     for (int64_t i = 0; i < n; ++i) u[i][l] = c.u[i];
     for (int64_t j = 0; j < m; ++j) v[j][l] = c.v[j], ktu[j][l] = c.ktu[j];
