@@ -255,6 +255,26 @@ def test_fixed_point_stop_is_bit_identical(dtype, tol, B, n, m, max_iter):
         assert bool((stop[2] == max_iter).all())
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("tol", [0.0, 1e-6])
+def test_threads_give_the_same_bits(dtype, tol):
+    """Two threads split the batch into four ranges, each with its own refills and narrowed
+    tail: every output of every problem equals the one-thread solve bit for bit."""
+    a, b, C = _problem(70, 13, 7, dtype, seed=5)
+    a[::3] = 1 / 13
+    a = a / a.sum(-1, keepdim=True)
+    args = (a, b, C[None].contiguous(), 0.05, 150, tol, True)
+    one = block.solve(*args)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        two = block.solve(*args)
+    finally:
+        torch.set_num_threads(before)
+    for x, y in zip(one, two, strict=True):
+        assert torch.equal(x, y)
+
+
 def test_fixed_point_reached_before_max_iter():
     """Most float32 problems reach an exact fixed point well inside 100 iterations (what the
     stop saves): their rows at max_iter 60, 100 and 400 are the same, bit for bit."""
