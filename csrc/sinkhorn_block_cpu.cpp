@@ -6,7 +6,8 @@
 // 8 outputs (8 independent FMA chains, one load of v per 8 FMAs). Lanes never interact: a
 // problem's iterates are those of solving it alone, whichever problems share its block.
 // Per-problem exit: a lane whose problem stops (converged, max_iter, or absorbed) is refilled
-// with the next problem of the thread's range, so no lane idles while work is left.
+// with the next problem of the thread's range, so no lane idles while work is left; at the end
+// of the range the live lanes move to a block of half the width (see solve_range).
 // Absorption: a scaling outside [lo, hi] hands the problem to the log-domain kernel,
 // warm-started from its last in-range v (as pytransfer.ot.scaling does).
 // Warm start: g_init gives v = exp(g/eps); a problem whose v leaves [lo, hi] starts in the log
@@ -16,8 +17,10 @@
 // lane) iteration, so every further iteration reproduces it: the lane finishes at once with the
 // outputs of running to max_iter (n_iter = max_iter, unless the tolerance test stops it first,
 // as it would have). Most float32 problems reach one long before 100 iterations.
-// Values: <P, C> and the objective from the final potentials, with P factorised by shifted
-// scalings (as values_factorized in pytransfer/ot/reference.py), O(n m) per problem.
+// Values: <P, C> = u . (EC v) from the final scalings (W problems per block product) and the
+// objective from P's row and column sums kept at finish; for a block holding a problem that
+// finished in the log domain, from the potentials with P factorised by shifted scalings (as
+// values_factorized in pytransfer/ot/reference.py). O(n m) per problem either way.
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
