@@ -359,17 +359,29 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
   auto threshold = [&](int64_t p) {  // tol * mass of problem p (tol = 0: 0, the mass unread)
     return P.tol > 0 ? P.tol * static_cast<T>(mass_of(P.a + p * n, n)) : T(0);
   };
+  // Problem p (or, p < 0, an empty lane: all zero) into lane l, begun at iteration begin: its
+  // weights and tolerance threshold, and v = 1 on the support of b with init_v. (No u: the
+  // first product writes it before anything reads it, as the exit test skips a lane with no
+  // iteration behind it.)
+  auto place = [&](int l, int64_t p, int64_t begin, bool init_v) {
+    id[l] = p;
+    start[l] = begin;
+    load_lane<T>(l, p >= 0 ? P.a + p * n : nullptr, n, P.hi, A.data(), offa.data(),
+                 static_cast<V*>(nullptr), T(0));
+    load_lane<T>(l, p >= 0 ? P.b + p * m : nullptr, m, P.hi, Bw.data(), offb.data(),
+                 init_v ? v.data() : nullptr, T(1));
+    thr[l] = p >= 0 ? threshold(p) : ninf;
+    watch[l] = 0;
+  };
+  auto activate = [&](int l) {  // lane l's problem joins the iterations
+    watch[l] = P.fixed_stop ? -1 : 0;
+    ++live;
+    deadline = std::min(deadline, start[l] + P.max_iter);
+  };
   auto load = [&](int l) {  // the next problem into lane l (or an empty lane: all zero)
     for (;;) {
       const int64_t p = next < p1 ? next++ : -1;
-      id[l] = p;
-      start[l] = iter;
-      // (no u: the first product writes it before anything reads it, as the exit test skips a
-      // lane with no iteration behind it)
-      load_lane<T>(l, p >= 0 ? P.a + p * n : nullptr, n, P.hi, A.data(), offa.data(),
-                   static_cast<V*>(nullptr), T(0));
-      load_lane<T>(l, p >= 0 ? P.b + p * m : nullptr, m, P.hi, Bw.data(), offb.data(), v.data(),
-                   T(1));
+      place(l, p, iter, true);
       bool in_range = true;
       if (p >= 0 && P.g_init != nullptr)
         for (int64_t j = 0; j < m; ++j) {
@@ -377,13 +389,10 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
           in_range &= !(Bw[j][l] > 0) || (x >= P.lo && x <= P.hi);
           v[j][l] = Bw[j][l] > 0 ? x : T(0);
         }
-      thr[l] = p >= 0 ? threshold(p) : ninf;
-      watch[l] = 0;
       if (p < 0) return;
       if (in_range) {
-        watch[l] = P.fixed_stop ? -1 : 0;
-        ++live, ++young;
-        deadline = std::min(deadline, iter + P.max_iter);
+        activate(l);
+        ++young;
         return;
       }
       log_solve(p, 0, P.g_init + p * m);  // warm start out of the scalings' range
@@ -419,17 +428,10 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
       continue;
     }
     const Carried<T>& c = carried[l];
-    id[l] = c.p;
-    start[l] = iter - c.done;
-    load_lane<T>(l, P.a + c.p * n, n, P.hi, A.data(), offa.data(), static_cast<V*>(nullptr),
-                 T(0));
-    load_lane<T>(l, P.b + c.p * m, m, P.hi, Bw.data(), offb.data(), v.data(), T(1));
+    place(l, c.p, iter - c.done, false);
     for (int64_t i = 0; i < n; ++i) u[i][l] = c.u[i];
     for (int64_t j = 0; j < m; ++j) v[j][l] = c.v[j], ktu[j][l] = c.ktu[j];
-    thr[l] = threshold(c.p);
-    watch[l] = P.fixed_stop ? -1 : 0;
-    ++live;
-    deadline = std::min(deadline, start[l] + P.max_iter);
+    activate(l);
   }
   M bad;
   while (live) {
