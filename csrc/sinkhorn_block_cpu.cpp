@@ -197,7 +197,7 @@ inline bool product_divide(const T* K, const V* x, int64_t rows, int64_t len, co
 }
 
 // <P, C> of problems [p0, p0 + count) from their potentials (cost units), one per lane, and
-// P's row and column sums r (B, n), c (B, m) for objective_one (the path of a block holding a
+// P's row and column sums r (B, n), c (B, m) for finish_problem (the path of a block holding a
 // problem absorbed into the log domain, which has potentials only):
 // P = e^(Fmax + Gmax) diag(u) E diag(v), u = exp(F - Fmax), v = exp(G - Gmax) in (0, 1],
 // F = (f - cmin)/eps, G = g/eps, E = exp(-(C - cmin)/eps); zero-mass entries carry no mass.
@@ -404,7 +404,7 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
     watch[l] = 0;
     --live, ++holes;
   };
-  auto finish = [&](int l, T e, int64_t done) {  // f, g hold the scalings until to_potentials
+  auto finish = [&](int l, T e, int64_t done) {  // f, g hold the scalings until finish_problem
     const int64_t p = id[l];
     finish_lane<T>(l, A.data(), u.data(), kv.data(), n, P.f + p * n,
                    P.rows != nullptr ? P.rows + p * n : nullptr);
