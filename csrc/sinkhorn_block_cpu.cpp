@@ -20,7 +20,9 @@
 // Values: <P, C> = u . (EC v) from the final scalings (W problems per block product) and the
 // objective from P's row and column sums kept at finish; for a block holding a problem that
 // finished in the log domain, from the potentials with P factorised by shifted scalings (as
-// values_factorized in pytransfer/ot/reference.py). O(n m) per problem either way.
+// values_factorized in pytransfer/ot/reference.py). O(n m) per problem either way. The
+// objective may be deferred: the sums and copies of a and b are kept instead, and
+// sinkhorn_block_objective computes it from them later with the same function (objective_of).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
@@ -550,17 +552,59 @@ inline void copy_padded(T* dst, const T* src, int64_t len, int64_t padded, T pad
   std::fill(dst + len, dst + padded, pad);
 }
 
-// The rest of one problem after its solve, on padded copies of its rows (off the supports,
-// a = 0 and b = 0, every term below is masked out; the padding is such an entry):
+// The objective <P, C> + eps KL(P || a b^T) = sum_i r_i (f_i - eps log a_i)
+// + sum_j c_j (g_j - eps log b_j) - eps sum r + eps |a| |b| of one problem from its potentials
+// and weights (padded copies in s.f, s.g, s.a, s.b; off the supports, a = 0 and b = 0, every
+// term is masked out, and the padding is such an entry) and P's row and column sums r, c.
+template <typename T>
+T objective_of(const T* rows, const T* cols, int64_t n, int64_t m, T eps, Padded<T>& s) {
+  const int64_t np = s.np, mp = s.mp;
+  const T *__restrict pa = s.a, *__restrict pb = s.b, *__restrict pf = s.f, *__restrict pg = s.g;
+  T *__restrict pr = s.r, *__restrict pc = s.c;
+  copy_padded(pr, rows, n, np, T(0));
+  copy_padded(pc, cols, m, mp, T(0));
+  T obj = 0, total = 0, ma = 0, mb = 0;
+  // (both branches evaluated and simd sums: the loops vectorise)
+#pragma omp simd aligned(pa, pf, pr : 64) reduction(+ : obj, total, ma)
+  for (int64_t i = 0; i < np; ++i) {
+    const T la = pf[i] - eps * vlog(pa[i]);
+    obj += pa[i] > 0 ? pr[i] * la : T(0);
+    total += pr[i], ma += pa[i];
+  }
+#pragma omp simd aligned(pb, pg, pc : 64) reduction(+ : obj, mb)
+  for (int64_t j = 0; j < mp; ++j) {
+    const T lb = pg[j] - eps * vlog(pb[j]);
+    obj += pb[j] > 0 ? pc[j] * lb : T(0);
+    mb += pb[j];
+  }
+  return obj - eps * total + eps * ma * mb;
+}
+
+// The potentials (padded in s.f, s.g) centred on the supports of a and b (padded in s.a, s.b)
+// into fc (n), gc (m): JTLN eq. 11's dual gradients.
+template <typename T>
+void centre(int64_t n, int64_t m, const Padded<T>& s, T* fc, T* gc) {
+  const int64_t np = s.np, mp = s.mp;
+  const T *__restrict pa = s.a, *__restrict pb = s.b, *__restrict pf = s.f, *__restrict pg = s.g;
+  T sf = 0, kf = 0, sg = 0, kg = 0;
+#pragma omp simd aligned(pa, pf : 64) reduction(+ : sf, kf)
+  for (int64_t i = 0; i < np; ++i) sf += pa[i] > 0 ? pf[i] : T(0), kf += pa[i] > 0 ? T(1) : T(0);
+#pragma omp simd aligned(pb, pg : 64) reduction(+ : sg, kg)
+  for (int64_t j = 0; j < mp; ++j) sg += pb[j] > 0 ? pg[j] : T(0), kg += pb[j] > 0 ? T(1) : T(0);
+  const T mf = sf / kf, mg = sg / kg;
+  for (int64_t i = 0; i < n; ++i) fc[i] = pf[i] - mf;
+  for (int64_t j = 0; j < m; ++j) gc[j] = pg[j] - mg;
+}
+
+// The rest of one problem after its solve, on padded copies of its rows:
 // - with ``scalings``: the potentials f = eps log u + cmin, g = eps log v from the scalings
 //   finish() left in f and g (off the supports, 1 / (K v) and 1 / (K^T u): the c-transforms);
-// - with ``objective``: the objective <P, C> + eps KL(P || a b^T) = sum_i r_i (f_i - eps log a_i)
-//   + sum_j c_j (g_j - eps log b_j) - eps sum r + eps |a| |b| from the potentials and P's row
-//   and column sums r, c (which it overwrites with the centred potentials, JTLN eq. 11's dual
-//   gradients).
+// - with ``objective``: objective_of, from P's row and column sums r, c;
+// - with ``fc``: the centred potentials fc, gc (after the objective: r, c may be fc, gc).
 template <typename T>
 void finish_problem(const T* a, const T* b, T* f, T* g, int64_t n, int64_t m, T eps, T cmin,
-                    bool scalings, T* rows, T* cols, T* objective, Padded<T>& s) {
+                    bool scalings, const T* rows, const T* cols, T* objective, T* fc, T* gc,
+                    Padded<T>& s) {
   const int64_t np = s.np, mp = s.mp;
   T *__restrict pf = s.f, *__restrict pg = s.g;
   copy_padded(pf, f, n, np, T(1));
@@ -573,30 +617,11 @@ void finish_problem(const T* a, const T* b, T* f, T* g, int64_t n, int64_t m, T 
     std::memcpy(f, pf, n * sizeof(T));
     std::memcpy(g, pg, m * sizeof(T));
   }
-  if (objective == nullptr) return;
-  const T *__restrict pa = s.a, *__restrict pb = s.b, *__restrict pr = s.r, *__restrict pc = s.c;
+  if (objective == nullptr && fc == nullptr) return;
   copy_padded(s.a, a, n, np, T(0));
   copy_padded(s.b, b, m, mp, T(0));
-  copy_padded(s.r, rows, n, np, T(0));
-  copy_padded(s.c, cols, m, mp, T(0));
-  T obj = 0, total = 0, ma = 0, mb = 0, sf = 0, sg = 0, kf = 0, kg = 0;
-  // (both branches evaluated and simd sums: the loops vectorise)
-#pragma omp simd aligned(pa, pf, pr : 64) reduction(+ : obj, total, ma, sf, kf)
-  for (int64_t i = 0; i < np; ++i) {
-    const T la = pf[i] - eps * vlog(pa[i]), sup = pa[i] > 0 ? T(1) : T(0);
-    obj += pa[i] > 0 ? pr[i] * la : T(0);
-    total += pr[i], ma += pa[i], sf += sup * pf[i], kf += sup;
-  }
-#pragma omp simd aligned(pb, pg, pc : 64) reduction(+ : obj, mb, sg, kg)
-  for (int64_t j = 0; j < mp; ++j) {
-    const T lb = pg[j] - eps * vlog(pb[j]), sup = pb[j] > 0 ? T(1) : T(0);
-    obj += pb[j] > 0 ? pc[j] * lb : T(0);
-    mb += pb[j], sg += sup * pg[j], kg += sup;
-  }
-  *objective = obj - eps * total + eps * ma * mb;
-  const T mf = sf / kf, mg = sg / kg;
-  for (int64_t i = 0; i < n; ++i) rows[i] = pf[i] - mf;
-  for (int64_t j = 0; j < m; ++j) cols[j] = pg[j] - mg;
+  if (objective != nullptr) *objective = objective_of(rows, cols, n, m, eps, s);
+  if (fc != nullptr) centre(n, m, s, fc, gc);
 }
 
 }  // namespace
@@ -606,7 +631,16 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
                         T eps, int64_t max_iter, T tol, T lo, T hi, const T* g_init,
                         bool fixed_stop, T* f, T* g, int64_t* n_iter, T* err, uint8_t* absorbed,
                         uint8_t* converged, T* transport, T* objective, T* fc, T* gc,
-                        int threads) {
+                        T* rows, T* cols, T* a_out, T* b_out, int threads) {
+  // Deferred objective (rows given): P's row and column sums go to rows, cols and copies of a,
+  // b to a_out, b_out, for sinkhorn_block_objective; else the sums pass through fc, gc.
+  const bool defer = rows != nullptr;
+  if (defer) {
+    std::memcpy(a_out, a, B * n * sizeof(T));
+    std::memcpy(b_out, b, B * m * sizeof(T));
+  } else {
+    rows = fc, cols = gc;
+  }
   T cmin = cost[0];
   for (int64_t k = 0; k < n * m; ++k) cmin = std::min(cmin, cost[k]);
   std::vector<T> E(n * m), ET(m * n), EC(n * m);
@@ -618,7 +652,7 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
   for (int64_t i = 0; i < n; ++i)
     for (int64_t j = 0; j < m; ++j) ET[j * n + i] = E[i * m + j];
   const Problem<T> P{a, b, cost, E.data(), ET.data(), n, m, eps, cmin, max_iter, tol, lo, hi,
-                     g_init, fixed_stop, f, g, n_iter, err, absorbed, fc, gc};
+                     g_init, fixed_stop, f, g, n_iter, err, absorbed, rows, cols};
   constexpr int64_t W = Lanes<T>::W;
   // Contiguous ranges of whole blocks, about two per thread.
   const int64_t blocks = (B + W - 1) / W;
@@ -643,17 +677,21 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
                         transport + p0);
       // (values_block needs the potentials of the whole block: the objective waits for it)
       const bool now = transport != nullptr && scaled;
+      auto at = [](T* x, int64_t offset) { return x != nullptr ? x + offset : nullptr; };
       for (int64_t p = p0; p < p0 + count; ++p)
         if (!absorbed[p] || now)
           finish_problem(a + p * n, b + p * m, f + p * n, g + p * m, n, m, eps, cmin,
-                         !absorbed[p], fc + p * n, gc + p * m, now ? objective + p : nullptr,
-                         rows_of);
+                         !absorbed[p], at(rows, p * n), at(cols, p * m),
+                         now && !defer ? objective + p : nullptr, now ? fc + p * n : nullptr,
+                         now ? gc + p * m : nullptr, rows_of);
       if (transport != nullptr && !scaled) {
         values_block(a + p0 * n, b + p0 * m, E.data(), ET.data(), EC.data(), n, m, eps, cmin,
-                     f + p0 * n, g + p0 * m, count, transport + p0, fc + p0 * n, gc + p0 * m);
+                     f + p0 * n, g + p0 * m, count, transport + p0, rows + p0 * n,
+                     cols + p0 * m);
         for (int64_t p = p0; p < p0 + count; ++p)
           finish_problem(a + p * n, b + p * m, f + p * n, g + p * m, n, m, eps, cmin, false,
-                         fc + p * n, gc + p * m, objective + p, rows_of);
+                         rows + p * n, cols + p * m, defer ? nullptr : objective + p,
+                         fc + p * n, gc + p * m, rows_of);
       }
     }
     if (converged != nullptr) {
@@ -702,15 +740,30 @@ bool sinkhorn_check(const T* a, const T* b, const T* cost, int64_t B, int64_t n,
   return ok && finite;
 }
 
-template void sinkhorn_block_cpu<float>(const float*, const float*, const float*, int64_t,
-                                        int64_t, int64_t, float, int64_t, float, float, float,
-                                        const float*, bool, float*, float*, int64_t*, float*,
-                                        uint8_t*, uint8_t*, float*, float*, float*, float*, int);
-template void sinkhorn_block_cpu<double>(const double*, const double*, const double*, int64_t,
-                                         int64_t, int64_t, double, int64_t, double, double,
-                                         double, const double*, bool, double*, double*,
-                                         int64_t*, double*, uint8_t*, uint8_t*, double*, double*,
-                                         double*, double*, int);
+template <typename T>
+void sinkhorn_block_objective(const T* a, const T* b, const T* f, const T* g, const T* rows,
+                              const T* cols, int64_t B, int64_t n, int64_t m, T eps,
+                              T* objective) {
+  Padded<T> s(n, m);
+  for (int64_t p = 0; p < B; ++p) {
+    copy_padded(s.f, f + p * n, n, s.np, T(0));
+    copy_padded(s.g, g + p * m, m, s.mp, T(0));
+    copy_padded(s.a, a + p * n, n, s.np, T(0));
+    copy_padded(s.b, b + p * m, m, s.mp, T(0));
+    objective[p] = objective_of(rows + p * n, cols + p * m, n, m, eps, s);
+  }
+}
+
+#define PYTRANSFER_BLOCK(T)                                                                    \
+  template void sinkhorn_block_cpu<T>(const T*, const T*, const T*, int64_t, int64_t, int64_t, \
+                                      T, int64_t, T, T, T, const T*, bool, T*, T*, int64_t*,   \
+                                      T*, uint8_t*, uint8_t*, T*, T*, T*, T*, T*, T*, T*, T*,  \
+                                      int);                                                    \
+  template void sinkhorn_block_objective<T>(const T*, const T*, const T*, const T*, const T*,  \
+                                            const T*, int64_t, int64_t, int64_t, T, T*);
+PYTRANSFER_BLOCK(float)
+PYTRANSFER_BLOCK(double)
+#undef PYTRANSFER_BLOCK
 
 }  // namespace pytransfer
 
@@ -728,7 +781,8 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
          int64_t B, int64_t n, int64_t m_, double eps, int64_t max_iter, double tol, double lo,
          double hi, std::uintptr_t g_init, bool fixed_stop, std::uintptr_t f, std::uintptr_t g, std::uintptr_t n_iter, std::uintptr_t err,
          std::uintptr_t absorbed, std::uintptr_t converged, std::uintptr_t transport,
-         std::uintptr_t objective, std::uintptr_t fc, std::uintptr_t gc, int threads) {
+         std::uintptr_t objective, std::uintptr_t fc, std::uintptr_t gc, std::uintptr_t rows,
+         std::uintptr_t cols, std::uintptr_t a_out, std::uintptr_t b_out, int threads) {
         if (dtype != "float32" && dtype != "float64")
           throw std::invalid_argument("sinkhorn_block: dtype must be float32 or float64");
         pybind11::gil_scoped_release nogil;
@@ -738,16 +792,40 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
               static_cast<float>(eps), max_iter, static_cast<float>(tol), static_cast<float>(lo),
               static_cast<float>(hi), ptr<const float>(g_init), fixed_stop, ptr<float>(f), ptr<float>(g), ptr<int64_t>(n_iter),
               ptr<float>(err), ptr<uint8_t>(absorbed), ptr<uint8_t>(converged),
-              ptr<float>(transport), ptr<float>(objective), ptr<float>(fc), ptr<float>(gc), threads);
+              ptr<float>(transport), ptr<float>(objective), ptr<float>(fc), ptr<float>(gc),
+              ptr<float>(rows), ptr<float>(cols), ptr<float>(a_out), ptr<float>(b_out), threads);
         else
           pytransfer::sinkhorn_block_cpu<double>(
               ptr<const double>(a), ptr<const double>(b), ptr<const double>(cost), B, n, m_, eps,
               max_iter, tol, lo, hi, ptr<const double>(g_init), fixed_stop, ptr<double>(f), ptr<double>(g), ptr<int64_t>(n_iter),
               ptr<double>(err), ptr<uint8_t>(absorbed), ptr<uint8_t>(converged),
-              ptr<double>(transport), ptr<double>(objective), ptr<double>(fc), ptr<double>(gc), threads);
+              ptr<double>(transport), ptr<double>(objective), ptr<double>(fc), ptr<double>(gc),
+              ptr<double>(rows), ptr<double>(cols), ptr<double>(a_out), ptr<double>(b_out),
+              threads);
       },
       "Scaling-form Sinkhorn over blocks of problems sharing K, with values "
       "(see csrc/sinkhorn_cpu.h)");
+  m.def(
+      "sinkhorn_block_objective",
+      [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t f,
+         std::uintptr_t g, std::uintptr_t rows, std::uintptr_t cols, int64_t B, int64_t n,
+         int64_t m_, double eps, std::uintptr_t objective) {
+        if (dtype != "float32" && dtype != "float64")
+          throw std::invalid_argument(
+              "sinkhorn_block_objective: dtype must be float32 or float64");
+        pybind11::gil_scoped_release nogil;
+        if (dtype == "float32")
+          pytransfer::sinkhorn_block_objective<float>(
+              ptr<const float>(a), ptr<const float>(b), ptr<const float>(f), ptr<const float>(g),
+              ptr<const float>(rows), ptr<const float>(cols), B, n, m_, static_cast<float>(eps),
+              ptr<float>(objective));
+        else
+          pytransfer::sinkhorn_block_objective<double>(
+              ptr<const double>(a), ptr<const double>(b), ptr<const double>(f),
+              ptr<const double>(g), ptr<const double>(rows), ptr<const double>(cols), B, n, m_,
+              eps, ptr<double>(objective));
+      },
+      "The objectives of a deferred sinkhorn_block call (see csrc/sinkhorn_cpu.h)");
   m.def(
       "sinkhorn_check",
       [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t cost,

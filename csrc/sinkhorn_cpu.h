@@ -28,11 +28,21 @@ void sinkhorn_log_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t 
 // g_init (B, m) or nullptr: warm start v = exp(g/eps); a problem whose v is outside [lo, hi]
 // starts in the log domain from g_init. fixed_stop: a problem whose iterate is an exact
 // floating-point fixed point finishes there with the outputs of running on (bit for bit).
+// Deferred objective: with rows (B, n), cols (B, m), a_out (B, n), b_out (B, m) (else all
+// nullptr), objective is not computed; P's row and column sums and copies of a and b are kept
+// there, from which sinkhorn_block_objective computes it later, bit for bit as it would have.
 template <typename T>
 void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
                         T eps, int64_t max_iter, T tol, T lo, T hi, const T* g_init,
                         bool fixed_stop, T* f, T* g, int64_t* n_iter, T* err, uint8_t* absorbed,
-                        uint8_t* converged, T* transport, T* objective, T* fc, T* gc,
-                        int threads);
+                        uint8_t* converged, T* transport, T* objective, T* fc, T* gc, T* rows,
+                        T* cols, T* a_out, T* b_out, int threads);
+
+// objective[p] of a sinkhorn_block_cpu call that deferred it, from what it kept: a, b (its
+// copies), f, g and P's row and column sums rows, cols.
+template <typename T>
+void sinkhorn_block_objective(const T* a, const T* b, const T* f, const T* g, const T* rows,
+                              const T* cols, int64_t B, int64_t n, int64_t m, T eps,
+                              T* objective);
 
 }  // namespace pytransfer

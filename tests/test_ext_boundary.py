@@ -146,6 +146,17 @@ def _sinkhorn_scaling():
     return got, want
 
 
+def _sinkhorn_block_objective():
+    a, b, C = _problem()
+    outs = block.run(a, b, C, 0.3, 200, 1e-12)
+    want = block.objective(outs, 0.3).clone()
+    got = torch.full((3,), float("nan"), dtype=torch.float64)
+    _ext.call("sinkhorn_block_objective", torch.float64,
+              *(_ext.src(_strided(outs.tensor(i)), *outs.tensor(i).shape)
+                for i in (12, 13, 0, 1, 10, 11)), 3, 5, 4, 0.3, _ext.dst(got, 3), threads=False)
+    return got, want
+
+
 def _sinkhorn_check():
     a, b, C = _problem()
     want = block.check(a, b, C, 1e-5)
@@ -271,6 +282,7 @@ def _exp_throughput():
 
 BINDINGS = {
     "sinkhorn_log": _sinkhorn_log, "sinkhorn_block": _sinkhorn_scaling,
+    "sinkhorn_block_objective": _sinkhorn_block_objective,
     "sinkhorn_check": _sinkhorn_check, "points_solve": _points_solve,
     "points_values": _points_values,
     "scaling_div": _scaling_div, "mmd_linear_fwd": _mmd_linear_fwd,

@@ -48,6 +48,24 @@ def test_last_result_made_on_read_equals_the_general_path(dtype):
     assert loss.last_result is None
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_deferred_objective_keeps_what_the_forward_saw(dtype):
+    """The objective, computed when last_result is read, comes from the kernel's copies of the
+    inputs and the forward's eps: changing the inputs in place or eps after the forward leaves
+    it (bit for bit ``sinkhorn``'s)."""
+    ps, pt, cost = _problem(B=19, n=7, m=5, dtype=dtype)
+    ps[3, 0] = 0  # a zero-mass entry (off the support, masked out of the objective)
+    ps = ps / ps.sum(-1, keepdim=True)
+    want = sinkhorn(ps, pt, cost, 0.2, max_iter=40, tol=0.0).objective
+    loss = OTLoss(cost, eps=0.2, max_iter=40, tol=0.0)  # (no convergence warning reads it)
+    a, b = ps.clone(), pt.clone()
+    loss(a, b)
+    assert type(loss._last) is _ext.Outputs
+    a.mul_(0.5), b.fill_(1.0)
+    loss.eps = 0.7
+    assert torch.equal(loss.last_result.objective, want)
+
+
 def test_last_result_changed_in_place_leaves_the_gradient_alone():
     """The backward's potentials are views of the same allocation as last_result's, kept on
     ctx: changing last_result in place before backward neither errors nor alters it."""
@@ -152,13 +170,17 @@ def test_fast_path_warns_once_when_problems_stop_unconverged():
 
 def test_bound_kernel_call_equals_the_call():
     """``block.bound``: the same kernel call, prepared once; calling it again refills the same
-    outputs with the same values as ``block.run``'s."""
+    outputs with the same values as ``block.run``'s (the deferred objective's slot 7 once
+    computed)."""
     ps, pt, cost = _problem()
     kernel, outs = block.bound(ps, pt, cost[None], 0.2, 30, 0.0)
     want = block.run(ps, pt, cost[None], 0.2, 30, 0.0)
+    assert torch.equal(block.objective(want, 0.2), block.solve(ps, pt, cost[None], 0.2, 30,
+                                                               0.0, values=True)[7])
     for _ in range(2):
         kernel()
-        for i in range(10):
+        assert torch.equal(block.objective(outs, 0.2), want.tensor(7))
+        for i in range(14):
             assert torch.equal(outs.tensor(i), want.tensor(i))
 
 

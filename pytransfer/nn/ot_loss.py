@@ -64,10 +64,13 @@ class OTLoss(torch.nn.Module):
     @property
     def last_result(self) -> SinkhornResult | None:
         """The last forward's ``SinkhornResult``, detached; after the fast path, made on first
-        read from the kernel's outputs."""
+        read from the kernel's outputs (the objective computed then, from what the kernel
+        kept: copies of the inputs, so changing them since does not change it)."""
         last = self._last
         if type(last) is _ext.Outputs:
-            last = self._last = SinkhornResult(*(last.tensor(i) for i in (6, 7, 0, 1, 2, 3, 5)))
+            objective = block.objective(last, self._last_eps)
+            last = self._last = SinkhornResult(last.tensor(6), objective,
+                                               *(last.tensor(i) for i in (0, 1, 2, 3, 5)))
         return last
 
     @last_result.setter
@@ -116,7 +119,7 @@ class OTLoss(torch.nn.Module):
             return None  # a bad value (named by the general path), or the log domain
         loss, outs = block.transport_cost(p_source, p_target, cost, eps, self.max_iter,
                                           self.tol, self.reduction)
-        vars(self)["_last"] = outs  # the last_result, made when read
+        vars(self).update(_last=outs, _last_eps=eps)  # the last_result, made when read
         return loss
 
     def forward(self, p_source: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:

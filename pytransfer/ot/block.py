@@ -68,15 +68,18 @@ def check(a, b, cost, rtol):
 @functools.lru_cache(maxsize=64)
 def _layout(dtype: torch.dtype, B: int, n: int, m: int) -> _ext.Layout:
     """The kernel's outputs in one allocation, in its order: f, g, n_iter, err, absorbed,
-    converged, transport, objective, f centred, g centred."""
+    converged, transport, objective, f centred, g centred, then what a deferred objective is
+    computed from (:func:`objective`): P's row sums, column sums, copies of a and b."""
     return _ext.Layout((dtype, (B, n)), (dtype, (B, m)), (torch.int64, (B,)), (dtype, (B,)),
                        (torch.bool, (B,)), (torch.bool, (B,)), (dtype, (B,)), (dtype, (B,)),
+                       (dtype, (B, n)), (dtype, (B, m)), (dtype, (B, n)), (dtype, (B, m)),
                        (dtype, (B, n)), (dtype, (B, m)))
 
 
 def _call(a, b, cost, eps, max_iter, tol, g_init, outs, call=None, fixed_stop=True):
     """The kernel call (``call``: ``_ext.call`` by default, or ``_ext.bound``): ``outs`` its
-    outputs, an ``_ext.Outputs`` or ``_ext`` buffers; ``fixed_stop``: see :func:`solve`."""
+    outputs, an ``_ext.Outputs`` (objective deferred) or ``_ext`` buffers; ``fixed_stop``:
+    see :func:`solve`."""
     (B, n), m, dtype = a.shape, b.shape[1], a.dtype
     lo, hi = scaling.SAFE_RANGE[dtype]
     return (call or _ext.call)(
@@ -87,12 +90,26 @@ def _call(a, b, cost, eps, max_iter, tol, g_init, outs, call=None, fixed_stop=Tr
 
 def run(a, b, cost, eps, max_iter, tol, g_init=None) -> _ext.Outputs:
     """:func:`solve` with ``values``, its outputs in one allocation (``_ext.Outputs``, slots
-    in :func:`solve`'s order), so an eager caller reads only those it needs (views of one
-    allocation: not for a custom op's returns, which may not alias each other)."""
+    in :func:`_layout`'s order), so an eager caller reads only those it needs (views of one
+    allocation: not for a custom op's returns, which may not alias each other). The objective
+    (slot 7) is deferred: :func:`objective` computes it, bit for bit as :func:`solve` does,
+    from what the kernel kept (a training step that never reads it skips its logs)."""
     (B, n), m, dtype = a.shape, b.shape[1], a.dtype
     outs = _ext.Outputs(_layout(dtype, B, n, m))
     _call(a, b, cost, eps, max_iter, tol, g_init, (outs,))
     return outs
+
+
+def objective(outs: _ext.Outputs, eps: float) -> torch.Tensor:
+    """Slot 7 of :func:`run`'s outputs, the objectives, computed into it from slots 0, 1 and
+    10-13 (``eps``: the solve's)."""
+    (B, n), m = outs.layout.slots[0][1], outs.layout.slots[1][1][1]
+    src = _ext.src
+    _ext.call("sinkhorn_block_objective", outs.layout.dtype,
+              *(src(outs.tensor(i), B, k) for i, k in ((12, n), (13, m), (0, n), (1, m),
+                                                       (10, n), (11, m))),
+              B, n, m, eps, _ext.dst(outs.tensor(7), B), threads=False)
+    return outs.tensor(7)
 
 
 def bound(a, b, cost, eps, max_iter, tol):
@@ -117,7 +134,8 @@ def solve(a, b, cost, eps, max_iter, tol, values=False, g_init=None, *, fixed_st
             _ext.out(dtype, B), _ext.out(torch.bool, B), _ext.out(torch.bool, B))
     extra = ((_ext.out(dtype, B), _ext.out(dtype, B), _ext.out(dtype, B, n),
               _ext.out(dtype, B, m)) if values else (none,) * 4)
-    _call(a, b, cost, eps, max_iter, tol, g_init, outs + extra, fixed_stop=fixed_stop)
+    _call(a, b, cost, eps, max_iter, tol, g_init, outs + extra + (none,) * 4,
+          fixed_stop=fixed_stop)
     f, g, n_iter, err, absorbed, converged = (x.tensor for x in outs)
     transport, objective, fc, gc = (x.tensor for x in extra)
     return f, g, n_iter, err, absorbed, converged, transport, objective, fc, gc
@@ -276,7 +294,7 @@ def sinkhorn_dual(a, b, cost, eps, max_iter, tol, g_init=None, objective_grad=Tr
         return _dual_forward(a, b, cost, eps, max_iter, tol, g_init)
     if not objective_grad:
         transport, outs = transport_cost(a, b, cost, eps, max_iter, tol, "none", g_init)
-        return (transport, *(outs.tensor(i) for i in (7, 0, 1, 2, 3, 5, 8, 9)))
+        return (transport, objective(outs, eps), *(outs.tensor(i) for i in (0, 1, 2, 3, 5, 8, 9)))
     out = []
     out[:2] = _Dual.apply(a, b, cost, eps, max_iter, tol, g_init, out)
     return tuple(out)
