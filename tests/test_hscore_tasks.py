@@ -156,6 +156,38 @@ def test_soft_hgr_gradcheck_and_errors():
         HScore()(f, torch.zeros(10, dtype=torch.long))
 
 
+def _soft_hgr_expression(f, g):
+    """Eq. 3 written out, differentiated by autograd (the independent check)."""
+    f, g = f - f.mean(0), g - g.mean(0)
+    n = f.shape[0]
+    return (f * g).sum(1).mean() - 0.5 * ((f.T @ f / n) * (g.T @ g / n)).sum()
+
+
+@pytest.mark.parametrize(("n", "k", "strided", "needs"), [
+    (1, 3, False, (True, True)), (13, 7, False, (True, True)), (31, 5, True, (True, True)),
+    (16, 4, False, (True, False)), (17, 1, False, (False, True))])
+def test_soft_hgr_closed_form_gradient_equals_autograd(n, k, strided, needs):
+    """The value and the closed-form gradients equal autograd's of the written-out eq. 3
+    (n = 1, prime sizes, non-contiguous inputs, one input without gradient)."""
+    gen = torch.Generator().manual_seed(n)
+    width = 2 * k if strided else k
+    f0 = torch.randn(n, width, generator=gen, dtype=torch.float64)
+    g0 = torch.randn(n, width, generator=gen, dtype=torch.float64) + f0
+    got, want = [], []
+    for fn, out in ((soft_hgr, got), (_soft_hgr_expression, want)):
+        fw, gw = f0.clone().requires_grad_(needs[0]), g0.clone().requires_grad_(needs[1])
+        f, g = (fw[:, ::2], gw[:, ::2]) if strided else (fw, gw)
+        assert f.is_contiguous() != strided
+        value = fn(f, g)
+        value.backward(torch.tensor(0.7, dtype=torch.float64))
+        out += [value.detach(), fw.grad, gw.grad]
+    for x, y in zip(got, want, strict=True):
+        if y is None:
+            assert x is None
+        else:
+            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-14)
+
+
 def test_cli_rank_and_cluster(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # short relative paths: the table does not wrap them
     tmp_path = tmp_path.relative_to(tmp_path)
