@@ -8,7 +8,8 @@ import pytest
 import torch
 from test_lautum import np_cca_lautum
 
-from pytransfer.lautum import gaussian_lautum
+from pytransfer.lautum import gaussian_lautum, lautum_from_covariance
+from pytransfer.lautum.gaussian import lautum_factored, lautum_factored_grad
 from pytransfer.nn import LautumLoss
 
 
@@ -130,3 +131,65 @@ def test_bad_forward(make, exc, match):
     x, f = batch()
     with pytest.raises(exc, match=match):
         LautumLoss(12, 6, p=3, q=3)(*make(x, f))
+
+
+def _covariance(p, q, seed, dependent=0.7):
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(60, p + q, generator=gen, dtype=torch.float64)
+    z[:, p:] += dependent * z[:, :1]
+    zc = z - z.mean(0)
+    return zc.T @ zc / 60
+
+
+@pytest.mark.parametrize(("p", "q", "ridge"), [(1, 1, 0.0), (3, 2, 0.0), (5, 7, 1e-3),
+                                               (8, 8, 0.0)])
+def test_factored_value_and_closed_form_gradient(p, q, ridge):
+    """lautum_factored's value is lautum_from_covariance's (three Cholesky factors, two
+    solves) and lautum_factored_grad is autograd's gradient of it (symmetrised)."""
+    cov = _covariance(p, q, seed=p + q)
+    reg = cov + ridge * torch.eye(p + q, dtype=torch.float64)
+    value, factors = lautum_factored(reg, p)
+    leaf = cov.clone().requires_grad_(True)
+    want = lautum_from_covariance(leaf, p, ridge)
+    (grad,) = torch.autograd.grad(want, leaf)
+    torch.testing.assert_close(value, want.detach(), rtol=1e-12, atol=1e-13)
+    torch.testing.assert_close(lautum_factored_grad(reg, p, factors), (grad + grad.T) / 2,
+                               rtol=1e-9, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("ridge", [0.0, 1e-3])
+def test_few_op_path_equals_the_general_path(dtype, ridge):
+    """The default call (CPU, backend "auto", p + q <= 64) takes the few-op path; its value and
+    gradients equal those of the general path (backend "cpu": scaled views, the statistics
+    op and autograd through the Cholesky factors)."""
+    x, f = batch(B=96, k=6)
+    x, f = x.to(dtype), f.to(dtype)
+    out = []
+    for backend in ("auto", "cpu"):
+        loss = LautumLoss(12, 6, p=4, q=3, ridge=ridge, backend=backend)
+        feats = f.clone().requires_grad_(True)
+        value = loss(x, feats)
+        value.backward()
+        out.append((value.detach(), feats.grad))
+    tol = {"rtol": 1e-10, "atol": 1e-12} if dtype == torch.float64 else {"rtol": 1e-4,
+                                                                           "atol": 1e-5}
+    for got, want in zip(*out, strict=True):
+        assert got.dtype == dtype
+        torch.testing.assert_close(got, want, **tol)
+
+
+@pytest.mark.parametrize(("column", "match"), [(0, "covariance of u is singular"),
+                                               (1, "covariance of v is singular")])
+def test_few_op_path_names_a_singular_view(column, match):
+    """A constant view column: the few-op path raises the general path's message."""
+    x, f = batch(B=64, k=6)
+    loss = LautumLoss(12, 6, p=3, q=3, ridge=0.0)
+    if column == 0:
+        loss.proj_u[:, 1] = 0.0
+    else:
+        loss.proj_v[:, 2] = 0.0
+    for backend in ("auto", "cpu"):
+        loss.backend = backend
+        with pytest.raises(ValueError, match=match):
+            loss(x, f)

@@ -82,6 +82,12 @@ def _global_stats(u: torch.Tensor, v: torch.Tensor, backend: str,
     return n, s1, s2
 
 
+#: why each of the three factors can fail, for the messages
+_HINTS = ("linearly dependent or constant columns of u",
+          "linearly dependent or constant columns of v",
+          "a canonical correlation equals 1: v is an affine function of u")
+
+
 def _cholesky(name: str, cov: torch.Tensor, hint: str) -> torch.Tensor:
     L, info = torch.linalg.cholesky_ex(cov)
     pivot = torch.diagonal(L).square()
@@ -98,15 +104,62 @@ def lautum_from_covariance(cov: torch.Tensor, p: int, ridge: float = 0.0) -> tor
     eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
     cov = (cov + cov.mT) / 2 + ridge * eye
     suu, suv, svv = cov[:p, :p], cov[:p, p:], cov[p:, p:]
-    lu = _cholesky("the covariance of u", suu, "linearly dependent or constant columns of u")
-    lv = _cholesky("the covariance of v", svv, "linearly dependent or constant columns of v")
+    lu = _cholesky("the covariance of u", suu, _HINTS[0])
+    lv = _cholesky("the covariance of v", svv, _HINTS[1])
     a = torch.linalg.solve_triangular(lu, suv, upper=False)  # L_u^-1 S_uv, (p, q)
-    ls = _cholesky("the Schur complement S_vv - S_vu S_uu^-1 S_uv", svv - a.mT @ a,
-                   "a canonical correlation equals 1: v is an affine function of u")
+    ls = _cholesky("the Schur complement S_vv - S_vu S_uu^-1 S_uv", svv - a.mT @ a, _HINTS[2])
     w = torch.linalg.solve_triangular(ls, a.mT, upper=False)  # L_S^-1 A^T, (q, p)
     odds = w.square().sum()  # sum_k rho^2 / (1 - rho^2)
     log_det = 2 * (torch.diagonal(ls).log().sum() - torch.diagonal(lv).log().sum())
     return odds + log_det / 2
+
+
+def lautum_factored(cov: torch.Tensor, p: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """(L, factors) of a (regularised, symmetric) covariance S (u first) with
+    ``lautum_from_covariance``'s value and checks, from two Cholesky factors: chol(S), whose
+    diagonal blocks are chol(S_uu) and chol(S_vv - S_vu S_uu^-1 S_uv), and chol(S_vv).
+    With J = S^-1: L = tr(J_uu S_uu) - p + (log det S - log det S_uu - log det S_vv) / 2.
+    ``factors`` = (J, chol(S)^-1, chol(S_vv)) for :func:`lautum_factored_grad` (inverses by
+    triangular solves: for matrices this small, LAPACK's cholesky_inverse costs 3-5x more)."""
+    q = cov.shape[0] - p
+    lc, info = torch.linalg.cholesky_ex(cov)
+    lv, info_v = torch.linalg.cholesky_ex(cov[p:, p:])
+    pivot, pivot_v = torch.diagonal(lc).square(), torch.diagonal(lv).square()
+    var, var_v = torch.diagonal(cov), torch.diagonal(cov)[p:]
+    schur_var = var_v - lc[p:, :p].square().sum(1)
+    bad = torch.cat([pivot[:p] <= SINGULAR_RTOL * p * var[:p],
+                     pivot_v <= SINGULAR_RTOL * q * var_v,
+                     pivot[p:] <= SINGULAR_RTOL * q * schur_var]).tolist()
+    info, info_v = int(info), int(info_v)
+    if 0 < info <= p or any(bad[:p]):
+        raise ValueError(f"the covariance of u is singular or not positive definite ({_HINTS[0]})"
+                         f"; pass ridge > 0")
+    if info_v > 0 or any(bad[p:p + q]):
+        raise ValueError(f"the covariance of v is singular or not positive definite ({_HINTS[1]})"
+                         f"; pass ridge > 0")
+    if info > p or any(bad[p + q:]):
+        raise ValueError(f"the Schur complement S_vv - S_vu S_uu^-1 S_uv is singular or not "
+                         f"positive definite ({_HINTS[2]}); pass ridge > 0")
+    lc_inv = torch.linalg.solve_triangular(lc, torch.eye(p + q, dtype=cov.dtype,
+                                                         device=cov.device), upper=False)
+    j = lc_inv.mT @ lc_inv
+    value = ((j[:p, :p] * cov[:p, :p]).sum() - p
+             + torch.diagonal(lc)[p:].log().sum() - torch.diagonal(lv).log().sum())
+    return value, (j, lc_inv, lv)
+
+
+def lautum_factored_grad(cov: torch.Tensor, p: int, factors: tuple[torch.Tensor, ...]
+                         ) -> torch.Tensor:
+    """dL/dS of :func:`lautum_factored` in closed form: with Q = [S_uu 0; 0 0],
+    dL/dS = -J Q J + [J_uu 0; 0 0] + J / 2 - [S_uu^-1 0; 0 S_vv^-1] / 2 (symmetric)."""
+    j, lc_inv, lv = factors
+    lu_inv = lc_inv[:p, :p]  # chol(S_uu)^-1: chol(S_uu) is the leading block of chol(S)
+    lv_inv = torch.linalg.solve_triangular(lv, torch.eye(lv.shape[0], dtype=lv.dtype,
+                                                         device=lv.device), upper=False)
+    g = j / 2 - j[:, :p] @ cov[:p, :p] @ j[:p, :]
+    g[:p, :p] += j[:p, :p] - (lu_inv.mT @ lu_inv) / 2
+    g[p:, p:] -= (lv_inv.mT @ lv_inv) / 2
+    return g
 
 
 def gaussian_lautum(u: torch.Tensor, v: torch.Tensor, *, ridge: float = 0.0,
