@@ -174,8 +174,9 @@ def standardize(xs: torch.Tensor, xt: torch.Tensor, base: torch.Tensor, check_in
     n = xs.shape[0]
     _checks.fits(f"the ({n + xt.shape[0]}, {xs.shape[1]}) standardised features",
                  (n + xt.shape[0]) * xs.shape[1] * xs.element_size(), xs.device)
-    x = torch.cat([xs, xt]) * scale
-    x = x - x.detach().mean(0)
+    # in place on the one new (2n, d) tensor: neither op's backward needs it (peak memory)
+    x = torch.cat([xs, xt]).mul_(scale)
+    x = x.sub_(x.detach().mean(0))
     return x[:n], x[n:], torch.ones((), dtype=torch.float64, device=xs.device)
 
 
