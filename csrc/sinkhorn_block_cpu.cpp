@@ -19,8 +19,8 @@
 // as it would have). Most float32 problems reach one long before 100 iterations.
 // Values: <P, C> = u . (EC v) from the final scalings (W problems per block product) and the
 // objective from P's row and column sums kept at finish; for a block holding a problem that
-// finished in the log domain, from the potentials with P factorised by shifted scalings (as
-// values_factorized in pytransfer/ot/reference.py). O(n m) per problem either way. The
+// finished in the log domain, from the potentials entry by entry (values_direct). O(n m) per
+// problem either way. The
 // objective may be deferred: the sums and copies of a and b are kept instead, and
 // sinkhorn_block_objective computes it from them later with the same function (objective_of).
 #include <algorithm>
@@ -198,45 +198,39 @@ inline bool product_divide(const T* K, const V* x, int64_t rows, int64_t len, co
   return any(*bad);
 }
 
-// <P, C> of problems [p0, p0 + count) from their potentials (cost units), one per lane, and
-// P's row and column sums r (B, n), c (B, m) for finish_problem (the path of a block holding a
-// problem absorbed into the log domain, which has potentials only):
-// P = e^(Fmax + Gmax) diag(u) E diag(v), u = exp(F - Fmax), v = exp(G - Gmax) in (0, 1],
-// F = (f - cmin)/eps, G = g/eps, E = exp(-(C - cmin)/eps); zero-mass entries carry no mass.
-// <P, C> = scale u . (EC v), r = scale u (E v), c = scale v (E^T u): three block products
-// (W problems per load of E), the exps in vectorised row passes.
+// <P, C> of problems [p0, p0 + count) from their potentials (cost units) and P's row and
+// column sums r (B, n), c (B, m) for finish_problem (the path of a block holding a problem
+// absorbed into the log domain, which has potentials only), entry by entry:
+// P_ij = exp((f_i + g_j - C_ij) / eps), zero-mass rows and columns and +inf costs carrying no
+// mass. (Factored as e^(Fmax + Gmax) diag(u) K diag(v), it would overflow T past
+// (max C - min C) / eps ~ 88 in float32, and lose the small entries of K before that.)
 template <typename T>
-void values_block(const T* a, const T* b, const T* E, const T* ET, const T* EC, int64_t n,
-                  int64_t m, T eps, T cmin, const T* f, const T* g, int64_t count,
-                  T* transport, T* rows, T* cols) {
-  typedef typename Lanes<T>::V V;
-  const T ninf = -std::numeric_limits<T>::infinity();
-  std::vector<V> U(n), V_(m), KV(n), ECV(n), KTU(m);
-  std::vector<T> x(std::max(n, m));
-  V scale = {};
-  for (int l = 0; l < count; ++l) {  // lanes past count stay all zero
+void values_direct(const T* a, const T* b, const T* cost, int64_t n, int64_t m, T eps,
+                   const T* f, const T* g, int64_t count, T* transport, T* rows, T* cols) {
+  const T inf = std::numeric_limits<T>::infinity();
+  std::vector<T> x(m), colsum(m);
+  for (int64_t l = 0; l < count; ++l) {
     const T *al = a + l * n, *bl = b + l * m, *fl = f + l * n, *gl = g + l * m;
-    T fmax = ninf, gmax = ninf;
-    for (int64_t i = 0; i < n; ++i)
-      if (al[i] > 0) fmax = std::max(fmax, (fl[i] - cmin) / eps);
-    for (int64_t j = 0; j < m; ++j)
-      if (bl[j] > 0) gmax = std::max(gmax, gl[j] / eps);
-    scale[l] = std::exp(fmax + gmax);
-    // (both branches evaluated: the loops vectorise)
-    for (int64_t i = 0; i < n; ++i) x[i] = vexp((fl[i] - cmin) / eps - fmax);
-    for (int64_t i = 0; i < n; ++i) U[i][l] = al[i] > 0 ? x[i] : T(0);
-    for (int64_t j = 0; j < m; ++j) x[j] = vexp(gl[j] / eps - gmax);
-    for (int64_t j = 0; j < m; ++j) V_[j][l] = bl[j] > 0 ? x[j] : T(0);
-  }
-  block_product(E, V_.data(), n, m, KV.data());
-  block_product(EC, V_.data(), n, m, ECV.data());
-  block_product(ET, U.data(), m, n, KTU.data());
-  V tc = {};
-  for (int64_t i = 0; i < n; ++i) tc += U[i] * ECV[i];
-  for (int l = 0; l < count; ++l) {
-    transport[l] = scale[l] * tc[l];
-    for (int64_t i = 0; i < n; ++i) rows[l * n + i] = scale[l] * U[i][l] * KV[i][l];
-    for (int64_t j = 0; j < m; ++j) cols[l * m + j] = scale[l] * V_[j][l] * KTU[j][l];
+    std::fill(colsum.begin(), colsum.end(), T(0));
+    T tr = 0;
+    for (int64_t i = 0; i < n; ++i) {
+      const T* ci = cost + i * m;
+      T rs = 0, ts = 0;
+      if (al[i] > 0) {
+        // (both branches evaluated and simd sums: the loop vectorises)
+#pragma omp simd reduction(+ : rs, ts)
+        for (int64_t j = 0; j < m; ++j) {
+          const T e = vexp((fl[i] + gl[j] - ci[j]) / eps);
+          const T pij = bl[j] > 0 && ci[j] < inf ? e : T(0);
+          x[j] = pij, rs += pij, ts += pij > 0 ? pij * ci[j] : T(0);
+        }
+        for (int64_t j = 0; j < m; ++j) colsum[j] += x[j];
+      }
+      rows[l * n + i] = rs;
+      tr += ts;
+    }
+    for (int64_t j = 0; j < m; ++j) cols[l * m + j] = colsum[j];
+    transport[l] = tr;
   }
 }
 
@@ -665,7 +659,7 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
     // Per block of W problems: <P, C> from the scalings, the potentials, then the objective
     // and the centred potentials from P's row and column sums (kept at finish; in a block
     // holding an absorbed problem, which has potentials only, <P, C> and the sums come from
-    // the potentials: values_block).
+    // the potentials: values_direct).
     Padded<T> rows_of(n, m);
 #pragma omp for schedule(static)
     for (int64_t k = 0; k < blocks; ++k) {
@@ -675,7 +669,7 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
       if (transport != nullptr && scaled)
         transport_block(a + p0 * n, b + p0 * m, EC.data(), n, m, f + p0 * n, g + p0 * m, count,
                         transport + p0);
-      // (values_block needs the potentials of the whole block: the objective waits for it)
+      // (values_direct needs the block's potentials first: the objective waits for them)
       const bool now = transport != nullptr && scaled;
       auto at = [](T* x, int64_t offset) { return x != nullptr ? x + offset : nullptr; };
       for (int64_t p = p0; p < p0 + count; ++p)
@@ -685,9 +679,8 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
                          now && !defer ? objective + p : nullptr, now ? fc + p * n : nullptr,
                          now ? gc + p * m : nullptr, rows_of);
       if (transport != nullptr && !scaled) {
-        values_block(a + p0 * n, b + p0 * m, E.data(), ET.data(), EC.data(), n, m, eps, cmin,
-                     f + p0 * n, g + p0 * m, count, transport + p0, rows + p0 * n,
-                     cols + p0 * m);
+        values_direct(a + p0 * n, b + p0 * m, cost, n, m, eps, f + p0 * n, g + p0 * m, count,
+                      transport + p0, rows + p0 * n, cols + p0 * m);
         for (int64_t p = p0; p < p0 + count; ++p)
           finish_problem(a + p * n, b + p * m, f + p * n, g + p * m, n, m, eps, cmin, false,
                          rows + p * n, cols + p * m, defer ? nullptr : objective + p,

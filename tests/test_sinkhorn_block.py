@@ -287,6 +287,27 @@ def test_fixed_point_reached_before_max_iter():
     assert int(fixed.sum()) >= 32  # 40 of 64 at the time of writing
 
 
+def test_absorbed_values_far_past_the_scaling_range():
+    """float32, (max C - min C) / eps ~ 90 with a zero-mass entry and an infinite cost: most
+    problems leave the scalings' range; the values of their blocks, computed entry by entry
+    from the potentials, are finite and those of the float64 log domain (the factored form
+    overflowed to NaN here)."""
+    gen = torch.Generator().manual_seed(40)
+    a = torch.randn(40, 5, generator=gen).softmax(-1)
+    b = torch.randn(40, 5, generator=gen).softmax(-1)
+    a[::3, 0] = 0
+    a = a / a.sum(-1, keepdim=True)
+    C = torch.rand(5, 5, generator=gen)
+    C[1, 2] = float("inf")
+    out = block.solve(a, b, C[None].contiguous(), 0.01, 100, 1e-6, True)
+    ref = sinkhorn(a.double(), b.double(), C.double(), 0.01, max_iter=100, tol=1e-6,
+                   method="log")
+    assert int(out[4].sum()) >= 20
+    for got, want in ((out[6], ref.transport_cost), (out[7], ref.objective)):
+        assert bool(torch.isfinite(got).all())
+        torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
+
+
 def test_fixed_point_stop_with_absorption(monkeypatch):
     """Problems absorbed into the log domain and ones stopped at a fixed point, in one call:
     the same outputs with and without the stop."""
