@@ -179,6 +179,23 @@ def test_few_op_path_equals_the_general_path(dtype, ridge):
         torch.testing.assert_close(got, want, **tol)
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_few_op_path_half_inputs_as_the_general_path(dtype):
+    """Half-precision features: a float32 value (as ``gaussian_lautum`` returns) and
+    gradients in the features' dtype, both paths alike."""
+    x, f = batch(B=64, k=6)
+    out = []
+    for backend in ("auto", "cpu"):
+        feats = f.to(dtype).requires_grad_(True)
+        value = LautumLoss(12, 6, p=3, q=3, backend=backend)(x.to(dtype), feats)
+        value.backward()
+        out.append((value.detach(), feats.grad))
+    (v1, g1), (v2, g2) = out
+    assert v1.dtype == v2.dtype == torch.float32 and g1.dtype == g2.dtype == dtype
+    torch.testing.assert_close(v1, v2, rtol=1e-2, atol=1e-3)
+    torch.testing.assert_close(g1.float(), g2.float(), rtol=5e-2, atol=1e-3)
+
+
 @pytest.mark.parametrize(("column", "match"), [(0, "covariance of u is singular"),
                                                (1, "covariance of v is singular")])
 def test_few_op_path_names_a_singular_view(column, match):

@@ -50,7 +50,8 @@ class _ScaledLautum(torch.autograd.Function):
         value, factors = lautum_factored(cov, p)
         ctx.save_for_backward(zc, cov, d, *factors)
         ctx.p, ctx.dtypes = p, (u.dtype, v.dtype)
-        return (-value).to(u.dtype)
+        half = u.dtype in (torch.float16, torch.bfloat16)  # float32, as ``gaussian_lautum``
+        return (-value).to(torch.float32 if half else u.dtype)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
