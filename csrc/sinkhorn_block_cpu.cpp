@@ -20,9 +20,9 @@
 // Values: <P, C> = u . (EC v) from the final scalings (W problems per block product) and the
 // objective from P's row and column sums kept at finish; for a block holding a problem that
 // finished in the log domain, from the potentials entry by entry (values_direct). O(n m) per
-// problem either way. The
-// objective may be deferred: the sums and copies of a and b are kept instead, and
-// sinkhorn_block_objective computes it from them later with the same function (objective_of).
+// problem either way. The objective may be deferred: the sums and copies of a and b are kept
+// instead, and sinkhorn_block_objective computes it from them later with the same function
+// (objective_of).
 #include <algorithm>
 #include <cmath>
 #include <cstdint>

@@ -82,18 +82,25 @@ def _global_stats(u: torch.Tensor, v: torch.Tensor, backend: str,
     return n, s1, s2
 
 
-#: why each of the three factors can fail, for the messages
-_HINTS = ("linearly dependent or constant columns of u",
-          "linearly dependent or constant columns of v",
-          "a canonical correlation equals 1: v is an affine function of u")
+#: the three Cholesky factors and why each can fail, for the messages
+_FACTORS = (("the covariance of u", "linearly dependent or constant columns of u"),
+            ("the covariance of v", "linearly dependent or constant columns of v"),
+            ("the Schur complement S_vv - S_vu S_uu^-1 S_uv",
+             "a canonical correlation equals 1: v is an affine function of u"))
 
 
-def _cholesky(name: str, cov: torch.Tensor, hint: str) -> torch.Tensor:
+def _singular(k: int) -> ValueError:
+    """The error for factor ``k`` of ``_FACTORS`` (0: S_uu, 1: S_vv, 2: the Schur complement)."""
+    name, hint = _FACTORS[k]
+    return ValueError(f"{name} is singular or not positive definite ({hint}); pass ridge > 0")
+
+
+def _cholesky(k: int, cov: torch.Tensor) -> torch.Tensor:
     L, info = torch.linalg.cholesky_ex(cov)
     pivot = torch.diagonal(L).square()
     var = torch.diagonal(cov)
     if int(info) > 0 or bool((pivot <= SINGULAR_RTOL * cov.shape[0] * var).any()):
-        raise ValueError(f"{name} is singular or not positive definite ({hint}); pass ridge > 0")
+        raise _singular(k)
     return L
 
 
@@ -104,10 +111,10 @@ def lautum_from_covariance(cov: torch.Tensor, p: int, ridge: float = 0.0) -> tor
     eye = torch.eye(d, dtype=cov.dtype, device=cov.device)
     cov = (cov + cov.mT) / 2 + ridge * eye
     suu, suv, svv = cov[:p, :p], cov[:p, p:], cov[p:, p:]
-    lu = _cholesky("the covariance of u", suu, _HINTS[0])
-    lv = _cholesky("the covariance of v", svv, _HINTS[1])
+    lu = _cholesky(0, suu)
+    lv = _cholesky(1, svv)
     a = torch.linalg.solve_triangular(lu, suv, upper=False)  # L_u^-1 S_uv, (p, q)
-    ls = _cholesky("the Schur complement S_vv - S_vu S_uu^-1 S_uv", svv - a.mT @ a, _HINTS[2])
+    ls = _cholesky(2, svv - a.mT @ a)
     w = torch.linalg.solve_triangular(ls, a.mT, upper=False)  # L_S^-1 A^T, (q, p)
     odds = w.square().sum()  # sum_k rho^2 / (1 - rho^2)
     log_det = 2 * (torch.diagonal(ls).log().sum() - torch.diagonal(lv).log().sum())
@@ -125,21 +132,18 @@ def lautum_factored(cov: torch.Tensor, p: int) -> tuple[torch.Tensor, tuple[torc
     lc, info = torch.linalg.cholesky_ex(cov)
     lv, info_v = torch.linalg.cholesky_ex(cov[p:, p:])
     pivot, pivot_v = torch.diagonal(lc).square(), torch.diagonal(lv).square()
-    var, var_v = torch.diagonal(cov), torch.diagonal(cov)[p:]
-    schur_var = var_v - lc[p:, :p].square().sum(1)
+    var = torch.diagonal(cov)
+    schur_var = var[p:] - lc[p:, :p].square().sum(1)
     bad = torch.cat([pivot[:p] <= SINGULAR_RTOL * p * var[:p],
-                     pivot_v <= SINGULAR_RTOL * q * var_v,
+                     pivot_v <= SINGULAR_RTOL * q * var[p:],
                      pivot[p:] <= SINGULAR_RTOL * q * schur_var]).tolist()
     info, info_v = int(info), int(info_v)
     if 0 < info <= p or any(bad[:p]):
-        raise ValueError(f"the covariance of u is singular or not positive definite ({_HINTS[0]})"
-                         f"; pass ridge > 0")
+        raise _singular(0)
     if info_v > 0 or any(bad[p:p + q]):
-        raise ValueError(f"the covariance of v is singular or not positive definite ({_HINTS[1]})"
-                         f"; pass ridge > 0")
+        raise _singular(1)
     if info > p or any(bad[p + q:]):
-        raise ValueError(f"the Schur complement S_vv - S_vu S_uu^-1 S_uv is singular or not "
-                         f"positive definite ({_HINTS[2]}); pass ridge > 0")
+        raise _singular(2)
     lc_inv = torch.linalg.solve_triangular(lc, torch.eye(p + q, dtype=cov.dtype,
                                                          device=cov.device), upper=False)
     j = lc_inv.mT @ lc_inv
