@@ -268,14 +268,16 @@ __attribute__((optimize("no-tree-vectorize"))) void to_lane(int l, const T* w, c
   for (int64_t i = 0; i < len; ++i) out[i][l] = w[i] > 0 ? x[i] : T(0);
 }
 
-// Lane l of a finished problem, one side (u, K v, a or v, K^T u, b): its scalings x into s
-// (off the support w > 0, 1 / (K x'), the c-transform's) and, unless null, P's row (column)
-// sums x (K x') into r. One scalar load per entry: vectorised, this gather of one lane of
-// len vectors costs more than it moves.
+// Lane l of a finished problem, one side (u, K v or v, K^T u): its scalings x into s (off the
+// support, 1 / (K x'), the c-transform's) and, unless null, P's row (column) sums x (K x')
+// into r. The support is x > 0: a lane finishes in the scaling form with its supported
+// scalings in [lo, hi], and Quotients leaves 0 off the support (so the weights are not read).
+// One scalar load per entry: vectorised, this gather of one lane of len vectors costs more
+// than it moves.
 template <typename T, typename V = typename Lanes<T>::V>
-__attribute__((optimize("no-tree-vectorize"))) void finish_lane(
-    int l, const V* w, const V* x, const V* kx, int64_t len, T* s, T* r) {
-  for (int64_t i = 0; i < len; ++i) s[i] = w[i][l] > 0 ? x[i][l] : T(1) / kx[i][l];
+__attribute__((optimize("no-tree-vectorize"))) void finish_lane(int l, const V* x, const V* kx,
+                                                                 int64_t len, T* s, T* r) {
+  for (int64_t i = 0; i < len; ++i) s[i] = x[i][l] > 0 ? x[i][l] : T(1) / kx[i][l];
   if (r != nullptr)
     for (int64_t i = 0; i < len; ++i) r[i] = x[i][l] * kx[i][l];
 }
@@ -402,9 +404,9 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
   };
   auto finish = [&](int l, T e, int64_t done) {  // f, g hold the scalings until finish_problem
     const int64_t p = id[l];
-    finish_lane<T>(l, A.data(), u.data(), kv.data(), n, P.f + p * n,
+    finish_lane<T>(l, u.data(), kv.data(), n, P.f + p * n,
                    P.rows != nullptr ? P.rows + p * n : nullptr);
-    finish_lane<T>(l, Bw.data(), v.data(), ktu.data(), m, P.g + p * m,
+    finish_lane<T>(l, v.data(), ktu.data(), m, P.g + p * m,
                    P.cols != nullptr ? P.cols + p * m : nullptr);
     P.n_iter[p] = done;
     P.err[p] = e;
@@ -778,6 +780,8 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
          std::uintptr_t cols, std::uintptr_t a_out, std::uintptr_t b_out, int threads) {
         if (dtype != "float32" && dtype != "float64")
           throw std::invalid_argument("sinkhorn_block: dtype must be float32 or float64");
+        if (!(lo > 0 && lo <= hi))  // (finish_lane reads the support off x > 0)
+          throw std::invalid_argument("sinkhorn_block: the scalings' range needs 0 < lo <= hi");
         pybind11::gil_scoped_release nogil;
         if (dtype == "float32")
           pytransfer::sinkhorn_block_cpu<float>(

@@ -21,7 +21,8 @@ void sinkhorn_log_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t 
 // Scaling form for a shared cost (n, m) over blocks of W problems sharing
 // K = exp(-(C - min C)/eps) (issues 4, 13; csrc/sinkhorn_block_cpu.cpp): same outputs and
 // iterates as sinkhorn_log_cpu, no exp in the loop. A problem whose scalings leave [lo, hi]
-// continues in the log domain from its last in-range potentials; absorbed[p] says so;
+// (0 < lo <= hi) continues in the log domain from its last in-range potentials; absorbed[p]
+// says so;
 // converged[p] = err[p] <= tol * mass (unless nullptr). Plus the values transport[p] = <P, C>,
 // objective[p] = <P, C> + eps KL(P || a b^T) and the potentials
 // centred on the supports fc (B, n), gc (B, m) (the dual gradients), unless transport is nullptr.

@@ -139,6 +139,16 @@ def _sinkhorn_log():
     return got, want
 
 
+@pytest.mark.parametrize("bounds", [(0.0, 1e15), (1e-15, 1e-16), (float("nan"), 1.0)])
+def test_block_kernel_refuses_a_scaling_range_without_0_lo_hi(monkeypatch, bounds):
+    """The block kernel tells a support by x > 0 (a lane in the scaling form has its supported
+    scalings in [lo, hi]): a range with lo <= 0 (or empty) is refused, not miscomputed."""
+    a, b, C = _problem()
+    monkeypatch.setitem(scaling.SAFE_RANGE, torch.float64, bounds)
+    with pytest.raises(ValueError, match="0 < lo <= hi"):
+        block.solve(a, b, C, 0.3, 10, 0.0)
+
+
 def _sinkhorn_scaling():
     a, b, C = _problem()
     want = ot_ops.scaling_cpu_with_flags(a, b, C, 0.3, 200, 1e-12)

@@ -22,13 +22,11 @@ run along B*n*m and n*d (one line across the stated sizes).
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 
 from pytransfer.bench.lautum import HAND, _compared, loss_fwd_bwd, loss_problem
 from pytransfer.bench.sinkhorn import iterations_computed
-from pytransfer.bench.timing import time_call
+from pytransfer.bench.timing import time_alternated
 from pytransfer.bench.workload import Impl, Target, Work, Workload, fwd_bwd
 from pytransfer.mmd import gaussian_kernels
 from pytransfer.nn import HScore, MKMMDLoss, OTLoss
@@ -121,12 +119,11 @@ def _call_overhead(size: str):
     def metrics():
         fns = ot_call_workload()
         rounds, calls = CALL_ROUNDS[size]
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(rounds):
-            for label, fn in fns.items():
-                fn()
-                times[label].append(time_call(fn, calls))
-        whole, raw = (statistics.median(times[k]) * 1e6 for k in ("ours", RAW))
+        for fn in fns.values():
+            fn()
+        times, _ = time_alternated({k: (fn, rounds * calls) for k, fn in fns.items()},
+                                   rounds=rounds)
+        whole, raw = (times[k] * 1e6 for k in ("ours", RAW))
         return {f"whole call - {RAW}, us (alternated)": (whole - raw, CALL_OVERHEAD_US, "<=")}
     return metrics
 

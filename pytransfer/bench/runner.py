@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from pytransfer.bench.roofline import attainment
-from pytransfer.bench.timing import call_with_peak, threads, time_call
+from pytransfer.bench.timing import call_with_peak, threads, time_alternated, time_call
 from pytransfer.bench.workload import Work, Workload, relative_error
 
 
@@ -37,30 +37,46 @@ def run_workload(w: Workload, *, device: str, n_threads: int, peaks: dict[str, f
                  "roofline": None, "failed": {}, "notes": {}}
     ref = w.reference() if w.reference is not None else None
     rounds = w.rounds
+    impls = w.runnable()
+
+    def fail(label: str, exc: Exception) -> None:
+        rec["failed"][label] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+
     with threads(n_threads):
-        for label, impl in w.runnable().items():
+        # each implementation's first calls (warm-up, output, peak memory), then the timed
+        # calls of all of them in alternated rounds
+        plan, slow = {}, {}
+        for label, impl in impls.items():
             log(f"{w.op}: {w.name}: {label}")
             try:
                 t0 = time.perf_counter()
                 out, peak = call_with_peak(impl.fn, device)  # also the warm-up call
                 first = time.perf_counter() - t0
                 if impl.anchor and first >= 2.0:  # a slow anchor: its first call is its time
-                    t = first
-                else:  # peak memory again without one-time initialisation; then timed calls
+                    slow[label] = first
+                else:  # peak memory again without one-time initialisation
                     _, peak = call_with_peak(impl.fn, device)
-                    t = time_call(impl.fn, _rounds(rounds, first), device)
-                t *= impl.scale
+                    plan[label] = (impl.fn, _rounds(rounds, first))
             except (RuntimeError, MemoryError, ValueError) as exc:
-                rec["failed"][label] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+                fail(label, exc)
                 continue
-            rec["times_s"][label] = t
-            if impl.scale != 1:
-                rec["notes"][label] = f"1/{impl.scale:g} timed, scaled"
             rec["peak_mib"][label] = peak
-            if impl.anchor:
-                rec["anchors"].append(label)
             if ref is not None and impl.compare and out is not None:
                 rec["error"][label] = relative_error(out, ref, impl.take)
+        times, failed = time_alternated(plan, device)
+        for label, exc in failed.items():
+            fail(label, exc)
+            del rec["peak_mib"][label]
+            rec["error"].pop(label, None)
+        times.update(slow)
+        for label, impl in impls.items():
+            if label not in times:
+                continue
+            rec["times_s"][label] = times[label] * impl.scale
+            if impl.scale != 1:
+                rec["notes"][label] = f"1/{impl.scale:g} timed, scaled"
+            if impl.anchor:
+                rec["anchors"].append(label)
         if w.metrics is not None:
             for name, (value, target, sense) in w.metrics().items():
                 if value is None:  # not measurable here (e.g. no /proc)

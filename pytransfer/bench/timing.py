@@ -18,22 +18,60 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_call(fn: Callable[[], object], rounds: int, device: str = "cpu") -> float:
-    """Median wall time (seconds) of ``rounds`` calls (the caller has warmed ``fn`` up)."""
-    times = []
+#: rounds the timed calls of a workload's implementations alternate in (time_alternated)
+ALTERNATIONS = 5
+
+
+@contextlib.contextmanager
+def _no_gc() -> Iterator[None]:
+    """As timeit: no collection pauses inside a timed call."""
     enabled = gc.isenabled()
-    gc.disable()  # as timeit: no collection pauses inside a timed call
+    gc.disable()
     try:
-        for _ in range(max(rounds, 1)):
-            _sync(device)
-            t0 = time.perf_counter()
-            fn()
-            _sync(device)
-            times.append(time.perf_counter() - t0)
+        yield
     finally:
         if enabled:
             gc.enable()
+
+
+def _calls(fn: Callable[[], object], count: int, device: str, times: list[float]) -> None:
+    for _ in range(count):
+        _sync(device)
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+
+
+def time_call(fn: Callable[[], object], rounds: int, device: str = "cpu") -> float:
+    """Median wall time (seconds) of ``rounds`` calls (the caller has warmed ``fn`` up)."""
+    times: list[float] = []
+    with _no_gc():
+        _calls(fn, max(rounds, 1), device, times)
     return statistics.median(times)
+
+
+def time_alternated(plan: dict[str, tuple[Callable[[], object], int]], device: str = "cpu",
+                    rounds: int = ALTERNATIONS) -> tuple[dict[str, float], dict[str, Exception]]:
+    """Median wall time (seconds) of each entry's ``calls`` of ``fn`` (``plan``: label ->
+    (fn, calls), each warmed up), the calls split over ``rounds`` rounds in which the entries
+    take turns: on a shared machine a slow spell then reaches every entry alike, not only
+    the one timed in it, so the ratios between them hold steadier than their times.
+    (the times, the exception of each entry that raised, which is not called again)"""
+    times: dict[str, list[float]] = {label: [] for label in plan}
+    failed: dict[str, Exception] = {}
+    with _no_gc():
+        for r in range(rounds):
+            for label, (fn, calls) in plan.items():
+                share = calls * (r + 1) // rounds - calls * r // rounds
+                if label in failed or share == 0:
+                    continue
+                try:
+                    _calls(fn, share, device, times[label])
+                except (RuntimeError, MemoryError, ValueError) as exc:
+                    failed[label] = exc
+    return ({label: statistics.median(t) for label, t in times.items()
+             if t and label not in failed}, failed)
 
 
 def _status_kib(field: str) -> int:
