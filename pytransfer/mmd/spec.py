@@ -174,10 +174,28 @@ def standardize(xs: torch.Tensor, xt: torch.Tensor, base: torch.Tensor, check_in
     n = xs.shape[0]
     _checks.fits(f"the ({n + xt.shape[0]}, {xs.shape[1]}) standardised features",
                  (n + xt.shape[0]) * xs.shape[1] * xs.element_size(), xs.device)
-    # in place on the one new (2n, d) tensor: neither op's backward needs it (peak memory)
-    x = torch.cat([xs, xt]).mul_(scale)
-    x = x.sub_(x.detach().mean(0))
-    return x[:n], x[n:], torch.ones((), dtype=torch.float64, device=xs.device)
+    zs, zt = _Standardised.apply(xs, xt, scale)
+    return zs, zt, torch.ones((), dtype=torch.float64, device=xs.device)
+
+
+class _Standardised(torch.autograd.Function):
+    """(zs, zt) = the rows of (cat(xs, xt) * scale - mean) (the mean detached, as the scale):
+    one new (n + m, d) tensor, computed in place, and the gradients scale * (gzs, gzt)
+    straight to xs and xt. (Through autograd's cat, slices, mul and sub, the backward held
+    up to four (n + m, d) gradient buffers at once: peak memory 3.5-4x the inputs for the
+    linear estimator's forward + backward, 2.5x this way.)"""
+
+    @staticmethod
+    def forward(ctx, xs, xt, scale):
+        x = torch.cat([xs, xt]).mul_(scale)
+        x = x.sub_(x.mean(0))
+        ctx.scale = scale
+        n = xs.shape[0]
+        return x[:n], x[n:]
+
+    @staticmethod
+    def backward(ctx, gzs, gzt):
+        return gzs * ctx.scale, gzt * ctx.scale, None
 
 
 def resolve(
