@@ -38,10 +38,11 @@ def _column_blocks(u: torch.Tensor, v: torch.Tensor) -> list[tuple[int, int, int
 def lautum_stats_cpu(u: torch.Tensor, v: torch.Tensor,
                      shift: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum z, sum z z^T) of z = [u | v] - shift (shift rounded to the views' dtype), float64,
-    without forming [u | v]. Per chunk of ``CHUNK`` rows, z is formed in the input dtype and
-    only the column blocks of z^T z on or above the diagonal are BLAS products (10/16 of the
-    full product at 4 blocks), added to float64 accumulators. Error for float32 inputs:
-    float32 rounding of z plus float32 accumulation over one chunk."""
+    without forming [u | v]. Per chunk of ``CHUNK`` rows, z is formed in the input dtype, its
+    column sums are taken in that dtype, and only the column blocks of z^T z on or above the
+    diagonal are BLAS products (10/16 of the full product at 4 blocks), all added to float64
+    accumulators. Error for float32 inputs: float32 rounding of z plus float32 accumulation
+    over one chunk."""
     p, q = u.shape[1], v.shape[1]
     s1 = torch.zeros(p + q, dtype=torch.float64)
     s2 = torch.zeros(p + q, p + q, dtype=torch.float64)
@@ -50,8 +51,8 @@ def lautum_stats_cpu(u: torch.Tensor, v: torch.Tensor,
     sh = (shift[:p].to(u.dtype), shift[p:].to(v.dtype))
     for start in range(0, u.shape[0], CHUNK):
         z = (u[start:start + CHUNK] - sh[0], v[start:start + CHUNK] - sh[1])
-        s1[:p] += z[0].sum(0, dtype=torch.float64)
-        s1[p:] += z[1].sum(0, dtype=torch.float64)
+        s1[:p] += z[0].sum(0)
+        s1[p:] += z[1].sum(0)
         for n, (k, i0, i1) in enumerate(blocks):
             a = z[k][:, i0:i1].mT
             for kk, j0, j1 in blocks[n:]:
@@ -78,15 +79,17 @@ def _setup_context(ctx, inputs, output) -> None:
 
 
 def _backward(ctx, g1: torch.Tensor, g2: torch.Tensor):
-    """d/du = g1_u + z_u G_uu + z_v G_vu and d/dv likewise, G = g2 + g2^T (fused addmm)."""
+    """d/du = g1_u + z_u G_uu + z_v G_vu and d/dv likewise, G = g2 + g2^T."""
     u, v, shift = ctx.saved_tensors
     p = u.shape[1]
     dtype = u.dtype if u.dtype in (torch.float32, torch.float64) else torch.float32
     zu, zv = u.to(dtype) - shift[:p].to(dtype), v.to(dtype) - shift[p:].to(dtype)
     g = (g2 + g2.mT).to(dtype)
     g1 = g1.to(dtype)
-    gu = torch.addmm(torch.addmm(g1[:p], zu, g[:p, :p]), zv, g[p:, :p])
-    gv = torch.addmm(torch.addmm(g1[p:], zu, g[:p, p:]), zv, g[p:, p:])
+    # in place on each product (an addmm with the broadcast g1 as its input first copies
+    # that into a (B, p) result: a pass over the output more)
+    gu = torch.mm(zu, g[:p, :p]).addmm_(zv, g[p:, :p]).add_(g1[:p])
+    gv = torch.mm(zu, g[:p, p:]).addmm_(zv, g[p:, p:]).add_(g1[p:])
     return gu.to(u.dtype), gv.to(v.dtype), None
 
 
