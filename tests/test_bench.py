@@ -147,17 +147,24 @@ def test_run_workload_records_errors_reasons_and_missed_targets():
     json.dumps(rec)  # results.json holds it as is
 
 
+def _logged(seen: list, exc: Exception):
+    """call(name, fail_at=None): a callable that appends name to ``seen`` and raises ``exc``
+    at its ``fail_at``-th call."""
+    def call(name, fail_at=None):
+        def fn():
+            seen.append(name)
+            if seen.count(name) == fail_at:
+                raise exc
+            return torch.ones(1)
+        return fn
+    return call
+
+
 def test_time_alternated_takes_turns_and_drops_an_entry_that_raises():
     """Each entry's calls split over the rounds (7 calls in 3 rounds: 2, 2, 3), the entries
     taking turns within a round; an entry that raises is not called again and has no time."""
     seen = []
-
-    def entry(name, fail_at=None):
-        def fn():
-            seen.append(name)
-            if seen.count(name) == fail_at:
-                raise RuntimeError("out of memory")
-        return fn
+    entry = _logged(seen, RuntimeError("out of memory"))
     times, failed = time_alternated({"a": (entry("a"), 7), "b": (entry("b"), 3),
                                      "c": (entry("c", fail_at=2), 5)}, rounds=3)
     assert "".join(seen) == "aabc" + "aabc" + "aaab"  # c raised at its second call
@@ -169,16 +176,9 @@ def test_run_workload_times_the_implementations_in_turns():
     """The timed calls alternate between the implementations (after each one's own first
     calls); a failure inside them is recorded like one in a first call."""
     seen = []
-
-    def impl(name, fail_at=None):
-        def fn():
-            seen.append(name)
-            if seen.count(name) == fail_at:
-                raise ValueError("bad")
-            return torch.ones(1)
-        return Impl(fn)
+    call = _logged(seen, ValueError("bad"))
     w = Workload(op="fake", family="fake", size=1, size_name="n", detail="", subject="x",
-                 impls={"x": impl("x"), "y": impl("y", fail_at=5)}, rounds=1)
+                 impls={"x": Impl(call("x")), "y": Impl(call("y", fail_at=5))}, rounds=1)
     rec = run_workload(w, device="cpu", n_threads=1, peaks=None)
     timed = "".join(seen)[4:]  # after the two first calls of each
     assert timed.startswith("xxyy") and timed.count("y") == 3  # y's fifth call raised
