@@ -95,6 +95,17 @@ __attribute__((always_inline)) inline V fmadd(const V& a, const V& b, const V& c
   return a * b + c;
 }
 
+// fmadd of one lane's scalars, fused exactly where the vector fmadd is: a lane's scalar
+// result has the bits of its vector lane.
+template <typename T>
+__attribute__((always_inline)) inline T fmadd1(T a, T b, T c) {
+#if defined(__AVX512F__) || defined(__FMA__)
+  return std::fma(a, b, c);
+#else
+  return a * b + c;
+#endif
+}
+
 // fmadd with a scalar a, broadcast to every lane.
 template <typename T, typename V>
 __attribute__((always_inline)) inline V fmadd(T a, const V& b, const V& c) {
@@ -271,15 +282,27 @@ __attribute__((optimize("no-tree-vectorize"))) void to_lane(int l, const T* w, c
 // Lane l of a finished problem, one side (u, K v or v, K^T u): its scalings x into s (off the
 // support, 1 / (K x'), the c-transform's) and, unless null, P's row (column) sums x (K x')
 // into r. The support is x > 0: a lane finishes in the scaling form with its supported
-// scalings in [lo, hi], and Quotients leaves 0 off the support (so the weights are not read).
-// One scalar load per entry: vectorised, this gather of one lane of len vectors costs more
-// than it moves.
+// scalings in [lo, hi], and Quotients leaves 0 off the support. With the side's weights w
+// (contiguous), returns the marginal error |x (K x') - w|_1, bit for bit as solve_range's
+// vector marginal_error computes it for this lane (the same fused terms, summed in the same
+// four partial sums), else 0. One scalar load per entry: vectorised, this gather of one lane
+// of len vectors costs more than it moves.
 template <typename T, typename V = typename Lanes<T>::V>
-__attribute__((optimize("no-tree-vectorize"))) void finish_lane(int l, const V* x, const V* kx,
-                                                                 int64_t len, T* s, T* r) {
-  for (int64_t i = 0; i < len; ++i) s[i] = x[i][l] > 0 ? x[i][l] : T(1) / kx[i][l];
-  if (r != nullptr)
-    for (int64_t i = 0; i < len; ++i) r[i] = x[i][l] * kx[i][l];
+__attribute__((optimize("no-tree-vectorize"))) T finish_lane(int l, const V* x, const V* kx,
+                                                              int64_t len, T* s, T* r,
+                                                              const T* w) {
+  T e[4] = {};
+  const int64_t whole = len & ~int64_t(3);  // (marginal_error: the rest goes to the first sum)
+  for (int64_t i = 0; i < len; ++i) {
+    const T xi = x[i][l], ki = kx[i][l];
+    s[i] = xi > 0 ? xi : T(1) / ki;
+    if (r != nullptr) r[i] = xi * ki;
+    if (w != nullptr) {
+      const T d = fmadd1(xi, ki, -w[i]);
+      e[i < whole ? (i & 3) : 0] += w[i] > 0 ? (d < 0 ? -d : d) : T(0);
+    }
+  }
+  return (e[0] + e[1]) + (e[2] + e[3]);
 }
 
 template <typename T>
@@ -402,13 +425,16 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
     watch[l] = 0;
     --live, ++holes;
   };
-  auto finish = [&](int l, T e, int64_t done) {  // f, g hold the scalings until finish_problem
+  // Lane l's problem done with its state (u, v): f, g hold the scalings until finish_problem;
+  // n_iter = met if the tolerance test passes on its marginal error (computed here, with its
+  // row sums), else otherwise.
+  auto finish = [&](int l, int64_t met, int64_t otherwise) {
     const int64_t p = id[l];
-    finish_lane<T>(l, u.data(), kv.data(), n, P.f + p * n,
-                   P.rows != nullptr ? P.rows + p * n : nullptr);
+    const T e = finish_lane<T>(l, u.data(), kv.data(), n, P.f + p * n,
+                               P.rows != nullptr ? P.rows + p * n : nullptr, P.a + p * n);
     finish_lane<T>(l, v.data(), ktu.data(), m, P.g + p * m,
-                   P.cols != nullptr ? P.cols + p * m : nullptr);
-    P.n_iter[p] = done;
+                   P.cols != nullptr ? P.cols + p * m : nullptr, static_cast<const T*>(nullptr));
+    P.n_iter[p] = P.tol > 0 && e <= thr[l] ? met : otherwise;
     P.err[p] = e;
     P.absorbed[p] = 0;
     vacate(l);
@@ -438,17 +464,17 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
                                          P.hi, kv.data(), u_new.data(), &bad);
     const bool at_deadline = iter >= deadline;
     if (at_deadline || (P.tol > 0 && live > young)) {
-      V e;
-      marginal_error(e);  // of the state (u, v): a by-product of K v
+      // the errors of the state (u, v), a by-product of K v, for the tolerance test (tol = 0:
+      // none; finish computes a finishing lane's own, the same bits)
+      V e = {};
+      if (P.tol > 0) marginal_error(e);
       if (at_deadline || (P.tol > 0 && any(e <= thr))) {
         deadline = std::numeric_limits<int64_t>::max();
         for (int l = 0; l < W; ++l) {
           if (id[l] < 0) continue;
           const int64_t it = iter - start[l];
-          if (it > 0 && P.tol > 0 && e[l] <= thr[l])
-            finish(l, e[l], it);
-          else if (it == P.max_iter)
-            finish(l, e[l], P.max_iter);
+          if ((it > 0 && P.tol > 0 && e[l] <= thr[l]) || it == P.max_iter)
+            finish(l, it, P.max_iter);
           else
             deadline = std::min(deadline, start[l] + P.max_iter);
         }
@@ -470,13 +496,8 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
         // The state after this iteration, (u, v_new) = (u, v), is that of every later one, and
         // kv = K v and ktu = K^T u are its products: finish with the outputs (err, n_iter
         // included) the next exit test, or the one at max_iter, would give.
-        V e;
-        marginal_error(e);
         for (int l = 0; l < W; ++l)
-          if (watch[l] != 0 && moved[l] == 0) {
-            const int64_t it = iter + 1 - start[l];
-            finish(l, e[l], P.tol > 0 && e[l] <= thr[l] ? it : P.max_iter);
-          }
+          if (watch[l] != 0 && moved[l] == 0) finish(l, iter + 1 - start[l], P.max_iter);
       }
     }
     std::swap(v, v_new);
