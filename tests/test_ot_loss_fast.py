@@ -66,6 +66,53 @@ def test_deferred_objective_keeps_what_the_forward_saw(dtype):
     assert torch.equal(loss.last_result.objective, want)
 
 
+def _step(loss, logits, pt):
+    """One training step on ``loss``: (value, gradient of the logits); the graph is released
+    when it returns."""
+    x = logits.detach().requires_grad_(True)
+    value = loss(x.softmax(-1), pt)
+    value.backward()
+    return value.detach(), x.grad
+
+
+def test_outputs_written_over_only_when_nothing_else_holds_them():
+    """A call reuses the last call's kernel outputs once that call's graph is released and its
+    last_result unread, with the results of a fresh module; never while the earlier loss
+    tensor lives (its backward still reads them) or after last_result was read (its tensors
+    are views of them)."""
+    import weakref
+
+    ps, pt, cost = _problem(B=21, n=6, m=4)
+    logits = ps.log()
+    loss, fresh = (OTLoss(cost, eps=0.2, max_iter=30, tol=0.0) for _ in range(2))
+    _step(loss, logits, pt)
+    first = weakref.ref(loss._last.flat)
+    got = _step(loss, 1.5 * logits, pt)
+    assert loss._last.flat is first()  # written over
+    for x, y in zip(got, _step(fresh, 1.5 * logits, pt), strict=True):
+        assert torch.equal(x, y)
+    # the earlier graph alive: a new allocation, and that graph's gradient unchanged
+    (x1,) = _leaves(logits)
+    held = loss(x1.softmax(-1), pt)
+    kept = weakref.ref(loss._last.flat)
+    _step(loss, 2 * logits, pt)
+    assert loss._last.flat is not kept()
+    held.backward()
+    assert torch.equal(x1.grad, _step(fresh, logits, pt)[1])
+    # last_result read: its tensors stay as they were
+    res = loss.last_result
+    before = [t.clone() for t in res[:7]]
+    _step(loss, 3 * logits, pt)
+    assert all(torch.equal(t, b) for t, b in zip(res[:7], before, strict=True))
+    # without gradient, unreduced: the losses returned are not views of the outputs
+    loss.reduction = "none"
+    with torch.no_grad():
+        values = loss(ps, pt)
+        kept = values.clone()
+        loss(ps.flip(0), pt)
+    assert torch.equal(values, kept)
+
+
 def test_last_result_changed_in_place_leaves_the_gradient_alone():
     """The backward's potentials are views of the same allocation as last_result's, kept on
     ctx: changing last_result in place before backward neither errors nor alters it."""

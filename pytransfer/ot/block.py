@@ -88,14 +88,18 @@ def _call(a, b, cost, eps, max_iter, tol, g_init, outs, call=None, fixed_stop=Tr
         threads=max(1, min(torch.get_num_threads(), -(-B // LANES[dtype]))))
 
 
-def run(a, b, cost, eps, max_iter, tol, g_init=None) -> _ext.Outputs:
+def run(a, b, cost, eps, max_iter, tol, g_init=None, into=None) -> _ext.Outputs:
     """:func:`solve` with ``values``, its outputs in one allocation (``_ext.Outputs``, slots
     in :func:`_layout`'s order), so an eager caller reads only those it needs (views of one
     allocation: not for a custom op's returns, which may not alias each other). The objective
     (slot 7) is deferred: :func:`objective` computes it, bit for bit as :func:`solve` does,
-    from what the kernel kept (a training step that never reads it skips its logs)."""
+    from what the kernel kept (a training step that never reads it skips its logs).
+    ``into``: an earlier call's outputs of the same layout that nothing reads any more,
+    written over instead of a new allocation (the kernel writes every slot but the deferred
+    objective's)."""
     (B, n), m, dtype = a.shape, b.shape[1], a.dtype
-    outs = _ext.Outputs(_layout(dtype, B, n, m))
+    layout = _layout(dtype, B, n, m)
+    outs = into if into is not None and into.layout is layout else _ext.Outputs(layout)
     _call(a, b, cost, eps, max_iter, tol, g_init, (outs,))
     return outs
 
@@ -224,16 +228,16 @@ class _Dual(torch.autograd.Function):
 class _DualTransport(torch.autograd.Function):
     """:class:`_Dual` when only ``transport_cost`` carries gradient (``OTLoss``), reduced
     ("mean", "sum" or "none"): one output, no separate reduction node. The settings come as
-    one tuple (eps, max_iter, tol, g_init, reduction); the kernel's outputs come back through
-    ``out`` (:func:`run`). The backward reads the centred potentials (and the potentials, for
-    the plan when the cost needs a gradient) as views of their allocation, which ``ctx``
-    keeps, not as saved tensors: a caller's in-place change of another view of it (say
-    ``last_result.f``) cannot trip the saved-version check."""
+    one tuple (eps, max_iter, tol, g_init, reduction, into); the kernel's outputs come back
+    through ``out`` (:func:`run`). The backward reads the centred potentials (and the
+    potentials, for the plan when the cost needs a gradient) as views of their allocation,
+    which ``ctx`` keeps, not as saved tensors: a caller's in-place change of another view of
+    it (say ``last_result.f``) cannot trip the saved-version check."""
 
     @staticmethod
     def forward(ctx, a, b, cost, settings, out):
-        eps, max_iter, tol, g_init, reduction = settings
-        outs = run(a, b, cost, eps, max_iter, tol, g_init)
+        eps, max_iter, tol, g_init, reduction, into = settings
+        outs = run(a, b, cost, eps, max_iter, tol, g_init, into)
         out.append(outs)
         ctx.set_materialize_grads(False)
         ctx.outs, ctx.eps, ctx.reduction, ctx.batch = outs, eps, reduction, a.shape[0]
@@ -273,15 +277,18 @@ def _reduce(values: torch.Tensor, reduction: str, copy: bool = False) -> torch.T
     return values.clone() if copy else values
 
 
-def transport_cost(a, b, cost, eps, max_iter, tol, reduction="none", g_init=None):
+def transport_cost(a, b, cost, eps, max_iter, tol, reduction="none", g_init=None, into=None):
     """(the transport costs <P, C> reduced by ``reduction``, with JTLN eq. 11's gradient when
-    an input requires one; the kernel's outputs, :func:`run`), eager."""
+    an input requires one; the kernel's outputs, :func:`run`, written over ``into`` if
+    given), eager."""
     if a.requires_grad or b.requires_grad or cost.requires_grad:
         out = []
-        value = _DualTransport.apply(a, b, cost, (eps, max_iter, tol, g_init, reduction), out)
+        value = _DualTransport.apply(a, b, cost, (eps, max_iter, tol, g_init, reduction, into),
+                                     out)
         return value, out[0]
-    outs = run(a, b, cost, eps, max_iter, tol, g_init)
-    return _reduce(outs.tensor(6), reduction), outs
+    outs = run(a, b, cost, eps, max_iter, tol, g_init, into)
+    # "none": a copy, as with gradient (a view would change when ``outs`` is written over)
+    return _reduce(outs.tensor(6), reduction, copy=True), outs
 
 
 def sinkhorn_dual(a, b, cost, eps, max_iter, tol, g_init=None, objective_grad=True):
