@@ -31,7 +31,8 @@ class OTLoss(torch.nn.Module):
     chosen by ``sinkhorn(method="auto")`` and its block kernel) takes a fast path with the same
     checks and results: one C++ pass validates the outputs and the cost, one C++ call solves
     and returns the values and the dual gradients (``pytransfer.ot.block``), reduced in the
-    same autograd node; ``last_result`` is made from the kernel's outputs when read.
+    same autograd node; ``last_result`` is made from the kernel's outputs when read, and a
+    call writes over the last call's outputs when nothing else holds them any more.
     """
 
     def __init__(self, cost: torch.Tensor, eps: float = 0.1, max_iter: int = 100,
