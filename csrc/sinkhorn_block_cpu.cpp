@@ -721,16 +721,13 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
   }
 }
 
-// The value checks of sinkhorn(check_inputs=True) in one pass over a, b and cost: every entry
-// finite, weights >= 0, every problem's masses > 0 and equal within rtol (relative, in double).
-// Returns whether all hold; *span = max C - min C (the exponent range of K times eps) and
-// *big = max |C| (for the eps underflow check), so no second pass over the cost is needed.
+// The weights' value checks of sinkhorn(check_inputs=True) in one pass over a and b: every
+// entry finite and >= 0, every problem's masses > 0 and equal within rtol (relative, in
+// double). (Vectorised: flags of entries outside [0, max] (NaN and inf included) over all of
+// a and b at once, & not && so that no branch stops the vectoriser, then each problem's masses
+// in double, mass_of.)
 template <typename T>
-bool sinkhorn_check(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
-                    int64_t cost_count, double rtol, double* span, double* big) {
-  // (vectorised: flags of entries outside [0, max] (NaN and inf included) over all of a and
-  // b at once, & not && so that no branch stops the vectoriser, then each problem's masses in
-  // double, mass_of)
+bool weights_valid(const T* a, const T* b, int64_t B, int64_t n, int64_t m, double rtol) {
   const T top = std::numeric_limits<T>::max();
   int outside = 0;
 #pragma omp simd reduction(| : outside)
@@ -742,6 +739,18 @@ bool sinkhorn_check(const T* a, const T* b, const T* cost, int64_t B, int64_t n,
     const double ma = mass_of(a + p * n, n), mb = mass_of(b + p * m, m);
     ok = ma > 0 && mb > 0 && std::abs(ma - mb) <= rtol * std::max(ma, mb);
   }
+  return ok;
+}
+
+// The value checks of sinkhorn(check_inputs=True) in one pass over a, b (weights_valid) and
+// cost (every entry finite). Returns whether all hold; *span = max C - min C (the exponent
+// range of K times eps) and *big = max |C| (for the eps underflow check), so no second pass
+// over the cost is needed.
+template <typename T>
+bool sinkhorn_check(const T* a, const T* b, const T* cost, int64_t B, int64_t n, int64_t m,
+                    int64_t cost_count, double rtol, double* span, double* big) {
+  const T top = std::numeric_limits<T>::max();
+  const bool ok = weights_valid(a, b, B, n, m, rtol);
   T lo = cost[0], hi = cost[0];
   int bad = 0;
 #pragma omp simd reduction(min : lo) reduction(max : hi) reduction(| : bad)
@@ -795,7 +804,8 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
       "sinkhorn_block",
       [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t cost,
          int64_t B, int64_t n, int64_t m_, double eps, int64_t max_iter, double tol, double lo,
-         double hi, std::uintptr_t g_init, bool fixed_stop, std::uintptr_t f, std::uintptr_t g, std::uintptr_t n_iter, std::uintptr_t err,
+         double hi, std::uintptr_t g_init, bool fixed_stop, double check_rtol, std::uintptr_t f,
+         std::uintptr_t g, std::uintptr_t n_iter, std::uintptr_t err,
          std::uintptr_t absorbed, std::uintptr_t converged, std::uintptr_t transport,
          std::uintptr_t objective, std::uintptr_t fc, std::uintptr_t gc, std::uintptr_t rows,
          std::uintptr_t cols, std::uintptr_t a_out, std::uintptr_t b_out, int threads) {
@@ -804,6 +814,16 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
         if (!(lo > 0 && lo <= hi))  // (finish_lane reads the support off x > 0)
           throw std::invalid_argument("sinkhorn_block: the scalings' range needs 0 < lo <= hi");
         pybind11::gil_scoped_release nogil;
+        // check_rtol >= 0: first a and b's value checks (weights_valid); if one fails, nothing
+        // is solved or written and the call returns false
+        if (check_rtol >= 0 &&
+            !(dtype == "float32"
+                  ? pytransfer::weights_valid<float>(ptr<const float>(a), ptr<const float>(b), B,
+                                                     n, m_, check_rtol)
+                  : pytransfer::weights_valid<double>(ptr<const double>(a),
+                                                      ptr<const double>(b), B, n, m_,
+                                                      check_rtol)))
+          return false;
         if (dtype == "float32")
           pytransfer::sinkhorn_block_cpu<float>(
               ptr<const float>(a), ptr<const float>(b), ptr<const float>(cost), B, n, m_,
@@ -820,9 +840,10 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
               ptr<double>(transport), ptr<double>(objective), ptr<double>(fc), ptr<double>(gc),
               ptr<double>(rows), ptr<double>(cols), ptr<double>(a_out), ptr<double>(b_out),
               threads);
+        return true;
       },
       "Scaling-form Sinkhorn over blocks of problems sharing K, with values "
-      "(see csrc/sinkhorn_cpu.h)");
+      "(see csrc/sinkhorn_cpu.h); false: check_rtol >= 0 and a or b failed its value checks");
   m.def(
       "sinkhorn_block_objective",
       [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t f,

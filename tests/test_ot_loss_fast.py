@@ -113,6 +113,27 @@ def test_outputs_written_over_only_when_nothing_else_holds_them():
     assert torch.equal(values, kept)
 
 
+def test_refused_inputs_leave_the_last_result_and_the_outputs_alone():
+    """The outputs' value checks run in the kernel call, before anything is written: a call
+    refused there (then named by the general path) leaves the last call's outputs, which the
+    next call may write over, and its last_result as they were. A cost made non-finite in
+    place takes the general path."""
+    ps, pt, cost = _problem(B=9)
+    loss = OTLoss(cost, eps=0.2, max_iter=30, tol=0.0)
+    with torch.no_grad():
+        loss(ps, pt)
+    want = sinkhorn(ps, pt, cost, 0.2, max_iter=30, tol=0.0)
+    bad = ps.clone()
+    bad[2, 1] = -bad[2, 1]
+    assert loss._fast(bad, pt) is None
+    with pytest.raises(ValueError, match="p_source has negative entries"):
+        loss(bad, pt)
+    for name in SinkhornResult._fields[:7]:
+        assert torch.equal(getattr(loss.last_result, name), getattr(want, name)), name
+    loss.cost[0, 0] = float("inf")
+    assert loss._fast(ps, pt) is None
+
+
 def test_last_result_changed_in_place_leaves_the_gradient_alone():
     """The backward's potentials are views of the same allocation as last_result's, kept on
     ctx: changing last_result in place before backward neither errors nor alters it."""

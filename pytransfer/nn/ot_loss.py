@@ -29,10 +29,10 @@ class OTLoss(torch.nn.Module):
 
     The common training call (CPU float32/float64, contiguous, grad="dual", the scaling form
     chosen by ``sinkhorn(method="auto")`` and its block kernel) takes a fast path with the same
-    checks and results: one C++ pass validates the outputs and the cost, one C++ call solves
-    and returns the values and the dual gradients (``pytransfer.ot.block``), reduced in the
-    same autograd node; ``last_result`` is made from the kernel's outputs when read, and a
-    call writes over the last call's outputs when nothing else holds them any more.
+    checks and results: one C++ call validates the outputs, solves and returns the values and
+    the dual gradients (``pytransfer.ot.block``), reduced in the same autograd node (the cost
+    is checked when it or eps changes); ``last_result`` is made from the kernel's outputs when
+    read, and a call writes over the last call's outputs when nothing else holds them.
     """
 
     def __init__(self, cost: torch.Tensor, eps: float = 0.1, max_iter: int = 100,
@@ -48,20 +48,26 @@ class OTLoss(torch.nn.Module):
         self.last_result, self._warned, self._seen = None, False, None
         self.eps, self.max_iter, self.tol = eps, max_iter, tol
         self.grad, self.reduction, self.backend = grad, reduction, backend
-        #: dtype -> (the cost buffer it was made from, its version, eps, the (1, n, m) cost)
-        self._work: dict[torch.dtype, tuple[torch.Tensor, int, float, torch.Tensor]] = {}
+        #: dtype -> (the cost buffer it was made from, its version, eps, the (1, n, m) cost,
+        #: whether the fast path takes it)
+        self._work: dict[torch.dtype, tuple[torch.Tensor, int, float, torch.Tensor, bool]] = {}
 
-    def _work_cost(self, cost: torch.Tensor, dtype: torch.dtype, eps: float) -> torch.Tensor:
-        """The cost buffer as a contiguous (1, n, m) ``dtype`` tensor, made again when the
-        buffer was replaced or modified in place (its version counter) or eps changed; the
-        entropic scale is checked for each (``sinkhorn(check_inputs=True)``'s check)."""
+    def _work_cost(self, cost: torch.Tensor, dtype: torch.dtype,
+                   eps: float) -> tuple[torch.Tensor, bool]:
+        """(the cost buffer as a contiguous (1, n, m) ``dtype`` tensor, whether the fast path
+        takes it: every entry finite and (max C - min C) / eps within the scaling form's range
+        (``sinkhorn(method="auto")``'s choice)), made again when the buffer was replaced or
+        modified in place (its version counter) or eps changed; the entropic scale is checked
+        for each (``sinkhorn(check_inputs=True)``'s check)."""
         hit = self._work.get(dtype)
         if hit is not None and hit[0] is cost and hit[1] == cost._version and hit[2] == eps:
-            return hit[3]
+            return hit[3], hit[4]
         work = cost.detach().to(dtype).reshape(1, *cost.shape).contiguous()
         _checks.entropic_scale(eps, work, True)
-        self._work[dtype] = (cost, cost._version, eps, work)
-        return work
+        span = float(work.max()) - float(work.min())  # (in double, as block.check's)
+        fast = bool(torch.isfinite(work).all()) and span / eps <= AUTO_RANGE[dtype]
+        self._work[dtype] = (cost, cost._version, eps, work, fast)
+        return work, fast
 
     @property
     def last_result(self) -> SinkhornResult | None:
@@ -115,13 +121,15 @@ class OTLoss(torch.nn.Module):
                 or block.use_gemm_loop(B, n, m, p_source.dtype, torch.get_num_threads())):
             return None
         eps = self._settings()
-        cost = self._work_cost(cost, p_source.dtype, eps)
-        ok, span, _ = block.check(p_source, p_target, cost, _MASS_RTOL[p_source.dtype])
-        if not ok or span / eps > AUTO_RANGE[p_source.dtype]:
-            return None  # a bad value (named by the general path), or the log domain
+        cost, fast = self._work_cost(cost, p_source.dtype, eps)
+        if not fast:
+            return None  # a non-finite cost, or the log domain
+        # (a bad value in the outputs: no solve, and the general path names it)
         loss, outs = block.transport_cost(p_source, p_target, cost, eps, self.max_iter,
-                                          self.tol, self.reduction, into=self._spent())
-        vars(self).update(_last=outs, _last_eps=eps)  # the last_result, made when read
+                                          self.tol, self.reduction, into=self._spent(),
+                                          check_rtol=_MASS_RTOL[p_source.dtype])
+        if loss is not None:
+            vars(self).update(_last=outs, _last_eps=eps)  # the last_result, made when read
         return loss
 
     def _spent(self) -> _ext.Outputs | None:

@@ -76,19 +76,23 @@ def _layout(dtype: torch.dtype, B: int, n: int, m: int) -> _ext.Layout:
                        (dtype, (B, n)), (dtype, (B, m)))
 
 
-def _call(a, b, cost, eps, max_iter, tol, g_init, outs, call=None, fixed_stop=True):
+def _call(a, b, cost, eps, max_iter, tol, g_init, outs, call=None, fixed_stop=True,
+          check_rtol=-1.0):
     """The kernel call (``call``: ``_ext.call`` by default, or ``_ext.bound``): ``outs`` its
     outputs, an ``_ext.Outputs`` (objective deferred) or ``_ext`` buffers; ``fixed_stop``:
-    see :func:`solve`."""
+    see :func:`solve`. ``check_rtol`` >= 0: the call first runs :func:`check`'s checks of a
+    and b (mass tolerance ``check_rtol``) and returns False, having written nothing, if one
+    fails; else True."""
     (B, n), m, dtype = a.shape, b.shape[1], a.dtype
     lo, hi = scaling.SAFE_RANGE[dtype]
     return (call or _ext.call)(
         "sinkhorn_block", dtype, _ext.src(a, B, n), _ext.src(b, B, m), _ext.src(cost, 1, n, m),
-        B, n, m, eps, max_iter, tol, lo, hi, _ext.src(g_init, B, m), fixed_stop, *outs,
-        threads=max(1, min(torch.get_num_threads(), -(-B // LANES[dtype]))))
+        B, n, m, eps, max_iter, tol, lo, hi, _ext.src(g_init, B, m), fixed_stop, check_rtol,
+        *outs, threads=max(1, min(torch.get_num_threads(), -(-B // LANES[dtype]))))
 
 
-def run(a, b, cost, eps, max_iter, tol, g_init=None, into=None) -> _ext.Outputs:
+def run(a, b, cost, eps, max_iter, tol, g_init=None, into=None,
+        check_rtol=-1.0) -> _ext.Outputs | None:
     """:func:`solve` with ``values``, its outputs in one allocation (``_ext.Outputs``, slots
     in :func:`_layout`'s order), so an eager caller reads only those it needs (views of one
     allocation: not for a custom op's returns, which may not alias each other). The objective
@@ -96,12 +100,13 @@ def run(a, b, cost, eps, max_iter, tol, g_init=None, into=None) -> _ext.Outputs:
     from what the kernel kept (a training step that never reads it skips its logs).
     ``into``: an earlier call's outputs of the same layout that nothing reads any more,
     written over instead of a new allocation (the kernel writes every slot but the deferred
-    objective's)."""
+    objective's). ``check_rtol`` >= 0: None if a or b fails :func:`check`'s checks (see
+    :func:`_call`)."""
     (B, n), m, dtype = a.shape, b.shape[1], a.dtype
     layout = _layout(dtype, B, n, m)
     outs = into if into is not None and into.layout is layout else _ext.Outputs(layout)
-    _call(a, b, cost, eps, max_iter, tol, g_init, (outs,))
-    return outs
+    ok = _call(a, b, cost, eps, max_iter, tol, g_init, (outs,), check_rtol=check_rtol)
+    return outs if ok else None
 
 
 def objective(outs: _ext.Outputs, eps: float) -> torch.Tensor:
@@ -225,19 +230,26 @@ class _Dual(torch.autograd.Function):
         return (*_backward(ctx, grad_transport, grad_objective), None)
 
 
+class _Rejected(Exception):
+    """A kernel call's value checks failed (``check_rtol``): nothing was solved."""
+
+
 class _DualTransport(torch.autograd.Function):
     """:class:`_Dual` when only ``transport_cost`` carries gradient (``OTLoss``), reduced
     ("mean", "sum" or "none"): one output, no separate reduction node. The settings come as
-    one tuple (eps, max_iter, tol, g_init, reduction, into); the kernel's outputs come back
-    through ``out`` (:func:`run`). The backward reads the centred potentials (and the
-    potentials, for the plan when the cost needs a gradient) as views of their allocation,
-    which ``ctx`` keeps, not as saved tensors: a caller's in-place change of another view of
-    it (say ``last_result.f``) cannot trip the saved-version check."""
+    one tuple (eps, max_iter, tol, g_init, reduction, into, check_rtol); the kernel's outputs
+    come back through ``out`` (:func:`run`); a rejected call raises :class:`_Rejected`. The
+    backward reads the centred potentials (and the potentials, for the plan when the cost
+    needs a gradient) as views of their allocation, which ``ctx`` keeps, not as saved
+    tensors: a caller's in-place change of another view of it (say ``last_result.f``) cannot
+    trip the saved-version check."""
 
     @staticmethod
     def forward(ctx, a, b, cost, settings, out):
-        eps, max_iter, tol, g_init, reduction, into = settings
-        outs = run(a, b, cost, eps, max_iter, tol, g_init, into)
+        eps, max_iter, tol, g_init, reduction, into, check_rtol = settings
+        outs = run(a, b, cost, eps, max_iter, tol, g_init, into, check_rtol)
+        if outs is None:
+            raise _Rejected
         out.append(outs)
         ctx.set_materialize_grads(False)
         ctx.outs, ctx.eps, ctx.reduction, ctx.batch = outs, eps, reduction, a.shape[0]
@@ -267,26 +279,31 @@ class _DualTransport(torch.autograd.Function):
 
 
 def _reduce(values: torch.Tensor, reduction: str, copy: bool = False) -> torch.Tensor:
-    """values.mean() ("mean": computed as torch's CPU mean computes it, sum then divide in
-    place, the same bits one allocation cheaper), .sum() or, "none", the values (a copy with
-    ``copy``)."""
+    """values.mean(), .sum() or, "none", the values (a copy with ``copy``)."""
     if reduction == "mean":
-        return values.sum().div_(values.shape[0])
+        return values.mean()
     if reduction == "sum":
         return values.sum()
     return values.clone() if copy else values
 
 
-def transport_cost(a, b, cost, eps, max_iter, tol, reduction="none", g_init=None, into=None):
+def transport_cost(a, b, cost, eps, max_iter, tol, reduction="none", g_init=None, into=None,
+                   check_rtol=-1.0):
     """(the transport costs <P, C> reduced by ``reduction``, with JTLN eq. 11's gradient when
     an input requires one; the kernel's outputs, :func:`run`, written over ``into`` if
-    given), eager."""
+    given), eager; (None, None) if ``check_rtol`` >= 0 and a or b fails :func:`check`'s
+    checks."""
     if a.requires_grad or b.requires_grad or cost.requires_grad:
         out = []
-        value = _DualTransport.apply(a, b, cost, (eps, max_iter, tol, g_init, reduction, into),
-                                     out)
+        settings = (eps, max_iter, tol, g_init, reduction, into, check_rtol)
+        try:
+            value = _DualTransport.apply(a, b, cost, settings, out)
+        except _Rejected:
+            return None, None
         return value, out[0]
-    outs = run(a, b, cost, eps, max_iter, tol, g_init, into)
+    outs = run(a, b, cost, eps, max_iter, tol, g_init, into, check_rtol)
+    if outs is None:
+        return None, None
     # "none": a copy, as with gradient (a view would change when ``outs`` is written over)
     return _reduce(outs.tensor(6), reduction, copy=True), outs
 
