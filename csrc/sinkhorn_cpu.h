@@ -22,9 +22,8 @@ void sinkhorn_log_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_t 
 // K = exp(-(C - min C)/eps) (issues 4, 13; csrc/sinkhorn_block_cpu.cpp): same outputs and
 // iterates as sinkhorn_log_cpu, no exp in the loop. A problem whose scalings leave [lo, hi]
 // (0 < lo <= hi) continues in the log domain from its last in-range potentials; absorbed[p]
-// says so;
-// converged[p] = err[p] <= tol * mass (unless nullptr). Plus the values transport[p] = <P, C>,
-// objective[p] = <P, C> + eps KL(P || a b^T) and the potentials
+// says so; converged[p] = err[p] <= tol * mass (unless nullptr). Plus the values
+// transport[p] = <P, C>, objective[p] = <P, C> + eps KL(P || a b^T) and the potentials
 // centred on the supports fc (B, n), gc (B, m) (the dual gradients), unless transport is nullptr.
 // g_init (B, m) or nullptr: warm start v = exp(g/eps); a problem whose v is outside [lo, hi]
 // starts in the log domain from g_init. fixed_stop: a problem whose iterate is an exact

@@ -56,8 +56,10 @@ def time_alternated(plan: dict[str, tuple[Callable[[], object], int]], device: s
     """Median wall time (seconds) of each entry's ``calls`` of ``fn`` (``plan``: label ->
     (fn, calls), each warmed up), the calls split over ``rounds`` rounds in which the entries
     take turns: on a shared machine a slow spell then reaches every entry alike, not only
-    the one timed in it, so the ratios between them hold steadier than their times.
-    (the times, the exception of each entry that raised, which is not called again)"""
+    the one timed in it, so the ratios between them hold steadier than their times; and no
+    entry runs only back to back with itself, its code and data hot in the caches (between
+    the steps of a training loop they are not). (the times, the exception of each entry that
+    raised, which is not called again)"""
     times: dict[str, list[float]] = {label: [] for label in plan}
     failed: dict[str, Exception] = {}
     with _no_gc():
