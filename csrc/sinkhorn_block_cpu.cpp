@@ -807,8 +807,9 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
          double hi, std::uintptr_t g_init, bool fixed_stop, double check_rtol, std::uintptr_t f,
          std::uintptr_t g, std::uintptr_t n_iter, std::uintptr_t err,
          std::uintptr_t absorbed, std::uintptr_t converged, std::uintptr_t transport,
-         std::uintptr_t objective, std::uintptr_t fc, std::uintptr_t gc, std::uintptr_t rows,
-         std::uintptr_t cols, std::uintptr_t a_out, std::uintptr_t b_out, int threads) {
+         std::uintptr_t objective, std::uintptr_t rows, std::uintptr_t cols,
+         std::uintptr_t a_out, std::uintptr_t b_out, std::uintptr_t fc, std::uintptr_t gc,
+         int threads) {
         if (dtype != "float32" && dtype != "float64")
           throw std::invalid_argument("sinkhorn_block: dtype must be float32 or float64");
         if (!(lo > 0 && lo <= hi))  // (finish_lane reads the support off x > 0)
@@ -843,7 +844,8 @@ PYTRANSFER_BINDINGS(bind_sinkhorn_block) {
         return true;
       },
       "Scaling-form Sinkhorn over blocks of problems sharing K, with values "
-      "(see csrc/sinkhorn_cpu.h); false: check_rtol >= 0 and a or b failed its value checks");
+      "(see csrc/sinkhorn_cpu.h; fc, gc last: the dual gradients may lie in an allocation of "
+      "their own); false: check_rtol >= 0 and a or b failed its value checks");
   m.def(
       "sinkhorn_block_objective",
       [](const std::string& dtype, std::uintptr_t a, std::uintptr_t b, std::uintptr_t f,

@@ -76,29 +76,36 @@ def _step(loss, logits, pt):
 
 
 def test_outputs_written_over_only_when_nothing_else_holds_them():
-    """A call reuses the last call's kernel outputs once that call's graph is released and its
-    last_result unread, with the results of a fresh module; never while the earlier loss
-    tensor lives (its backward still reads them) or after last_result was read (its tensors
-    are views of them)."""
+    """A call reuses the last call's kernel outputs while its last_result is unread, with the
+    results of a fresh module, also while the earlier loss tensor lives (its backward reads
+    the dual gradients, which have an allocation of their own, reused only once that graph
+    is released, and gives the same gradient); never after last_result was read (its
+    tensors are views of them)."""
     import weakref
 
     ps, pt, cost = _problem(B=21, n=6, m=4)
     logits = ps.log()
     loss, fresh = (OTLoss(cost, eps=0.2, max_iter=30, tol=0.0) for _ in range(2))
     _step(loss, logits, pt)
-    first = weakref.ref(loss._last.flat)
+    first, first_grads = weakref.ref(loss._last.flat), weakref.ref(loss._last_grads.flat)
     got = _step(loss, 1.5 * logits, pt)
-    assert loss._last.flat is first()  # written over
+    assert loss._last.flat is first() and loss._last_grads.flat is first_grads()
     for x, y in zip(got, _step(fresh, 1.5 * logits, pt), strict=True):
         assert torch.equal(x, y)
-    # the earlier graph alive: a new allocation, and that graph's gradient unchanged
+    # the earlier graph alive: written over all the same, and that graph's gradient unchanged
     (x1,) = _leaves(logits)
     held = loss(x1.softmax(-1), pt)
-    kept = weakref.ref(loss._last.flat)
+    kept, kept_grads = weakref.ref(loss._last.flat), weakref.ref(loss._last_grads.flat)
     _step(loss, 2 * logits, pt)
-    assert loss._last.flat is not kept()
+    assert loss._last.flat is kept() and loss._last_grads.flat is not kept_grads()
     held.backward()
     assert torch.equal(x1.grad, _step(fresh, logits, pt)[1])
+    # anything else holding the outputs (here the test itself): not written over
+    other = loss._last
+    before = other.tensor(0).clone()
+    _step(loss, 2.5 * logits, pt)
+    assert loss._last is not other and torch.equal(other.tensor(0), before)
+    del other
     # last_result read: its tensors stay as they were
     res = loss.last_result
     before = [t.clone() for t in res[:7]]
@@ -201,7 +208,7 @@ def test_transport_cost_gradients_equal_the_op(need, reduction):
         a, b, C = (x.detach().clone().requires_grad_(k in need)
                    for x, k in ((ps, "a"), (pt, "b"), (cost[None], "C")))
         if fused:
-            value, _ = block.transport_cost(a, b, C, 0.1, 200, 1e-10, reduction)
+            value, _, _ = block.transport_cost(a, b, C, 0.1, 200, 1e-10, reduction)
         else:
             per = block.sinkhorn_dual_cpu(a, b, C, 0.1, 200, 1e-10)[0]
             value = per if reduction == "none" else getattr(per, reduction)()
@@ -242,14 +249,17 @@ def test_bound_kernel_call_equals_the_call():
     computed)."""
     ps, pt, cost = _problem()
     kernel, outs = block.bound(ps, pt, cost[None], 0.2, 30, 0.0)
-    want = block.run(ps, pt, cost[None], 0.2, 30, 0.0)
-    assert torch.equal(block.objective(want, 0.2), block.solve(ps, pt, cost[None], 0.2, 30,
-                                                               0.0, values=True)[7])
+    want, grads = block.run(ps, pt, cost[None], 0.2, 30, 0.0)
+    solved = block.solve(ps, pt, cost[None], 0.2, 30, 0.0, values=True)
+    assert torch.equal(block.objective(want, 0.2), solved[7])
+    assert torch.equal(grads.tensor(0), solved[8]) and torch.equal(grads.tensor(1), solved[9])
     for _ in range(2):
         kernel()
         assert torch.equal(block.objective(outs, 0.2), want.tensor(7))
-        for i in range(14):
+        for i in range(12):
             assert torch.equal(outs.tensor(i), want.tensor(i))
+        for i in range(2):
+            assert torch.equal(kernel.grads.tensor(i), grads.tensor(i))
 
 
 @pytest.mark.parametrize("read", [False, True])

@@ -125,24 +125,24 @@ class OTLoss(torch.nn.Module):
         if not fast:
             return None  # a non-finite cost, or the log domain
         # (a bad value in the outputs: no solve, and the general path names it)
-        loss, outs = block.transport_cost(p_source, p_target, cost, eps, self.max_iter,
-                                          self.tol, self.reduction, into=self._spent(),
-                                          check_rtol=_MASS_RTOL[p_source.dtype])
-        if loss is not None:
-            vars(self).update(_last=outs, _last_eps=eps)  # the last_result, made when read
+        loss, outs, grads = block.transport_cost(
+            p_source, p_target, cost, eps, self.max_iter, self.tol, self.reduction,
+            into=self._spent(), check_rtol=_MASS_RTOL[p_source.dtype])
+        if loss is not None:  # (the last_result, made when read)
+            vars(self).update(_last=outs, _last_grads=grads, _last_eps=eps)
         return loss
 
-    def _spent(self) -> _ext.Outputs | None:
-        """The last fast call's kernel outputs if nothing but this module holds them any
-        more: its ``last_result`` never read (reading it makes views of them) and its autograd
-        graph released (the graph's node holds them for the backward, as long as the loss
-        tensor lives). The next call writes over them instead of a new allocation: at B=512,
-        78x22 that allocation is 0.8 MB, whose fresh pages cost ~50 page faults per call
-        (~1.7 us each on the VM the benchmarks ran on). A training loop that keeps the loss
-        alive until the next forward gets a new allocation every call, as before."""
-        last = vars(self).get("_last")
-        # references: the module's attribute, ``last`` and getrefcount's argument (CPython)
-        return last if type(last) is _ext.Outputs and sys.getrefcount(last) == 3 else None
+    def _spent(self) -> tuple[_ext.Outputs | None, _ext.Outputs | None]:
+        """The last fast call's two allocations of kernel outputs, each if nothing but this
+        module holds it any more (else None): the values, while its ``last_result`` was never
+        read (reading it makes views of them); the dual gradients, once its autograd graph is
+        released (the graph's node holds them for the backward). The next call writes over
+        them instead of new allocations: at B=512, 78x22 the first is 0.6 MB, whose fresh
+        pages cost ~50 page faults per call (~1.7 us each on the VM the benchmarks ran on)."""
+        last, grads = vars(self).get("_last"), vars(self).get("_last_grads")
+        # references: the module's attribute, the local and getrefcount's argument (CPython)
+        return (last if type(last) is _ext.Outputs and sys.getrefcount(last) == 3 else None,
+                grads if grads is not None and sys.getrefcount(grads) == 3 else None)
 
     def forward(self, p_source: torch.Tensor, p_target: torch.Tensor) -> torch.Tensor:
         loss = self._fast(p_source, p_target)

@@ -67,13 +67,19 @@ def check(a, b, cost, rtol):
 
 @functools.lru_cache(maxsize=64)
 def _layout(dtype: torch.dtype, B: int, n: int, m: int) -> _ext.Layout:
-    """The kernel's outputs in one allocation, in its order: f, g, n_iter, err, absorbed,
-    converged, transport, objective, f centred, g centred, then what a deferred objective is
+    """The kernel's outputs but the dual gradients in one allocation, in its order: f, g,
+    n_iter, err, absorbed, converged, transport, objective, then what a deferred objective is
     computed from (:func:`objective`): P's row sums, column sums, copies of a and b."""
     return _ext.Layout((dtype, (B, n)), (dtype, (B, m)), (torch.int64, (B,)), (dtype, (B,)),
                        (torch.bool, (B,)), (torch.bool, (B,)), (dtype, (B,)), (dtype, (B,)),
-                       (dtype, (B, n)), (dtype, (B, m)), (dtype, (B, n)), (dtype, (B, m)),
-                       (dtype, (B, n)), (dtype, (B, m)))
+                       (dtype, (B, n)), (dtype, (B, m)), (dtype, (B, n)), (dtype, (B, m)))
+
+
+@functools.lru_cache(maxsize=64)
+def _grad_layout(dtype: torch.dtype, B: int, n: int, m: int) -> _ext.Layout:
+    """The dual gradients, f and g centred, in an allocation of their own (the backward
+    holds them; the rest may be written over by the next call, :func:`run`)."""
+    return _ext.Layout((dtype, (B, n)), (dtype, (B, m)))
 
 
 def _call(a, b, cost, eps, max_iter, tol, g_init, outs, call=None, fixed_stop=True,
@@ -91,43 +97,51 @@ def _call(a, b, cost, eps, max_iter, tol, g_init, outs, call=None, fixed_stop=Tr
         *outs, threads=max(1, min(torch.get_num_threads(), -(-B // LANES[dtype]))))
 
 
-def run(a, b, cost, eps, max_iter, tol, g_init=None, into=None,
-        check_rtol=-1.0) -> _ext.Outputs | None:
-    """:func:`solve` with ``values``, its outputs in one allocation (``_ext.Outputs``, slots
-    in :func:`_layout`'s order), so an eager caller reads only those it needs (views of one
-    allocation: not for a custom op's returns, which may not alias each other). The objective
-    (slot 7) is deferred: :func:`objective` computes it, bit for bit as :func:`solve` does,
-    from what the kernel kept (a training step that never reads it skips its logs).
-    ``into``: an earlier call's outputs of the same layout that nothing reads any more,
-    written over instead of a new allocation (the kernel writes every slot but the deferred
+def run(a, b, cost, eps, max_iter, tol, g_init=None, into=(None, None),
+        check_rtol=-1.0) -> tuple[_ext.Outputs, _ext.Outputs] | None:
+    """:func:`solve` with ``values``: (its outputs in one allocation, ``_ext.Outputs`` with
+    the slots of :func:`_layout`, the dual gradients in another, :func:`_grad_layout`'s), so
+    an eager caller reads only those it needs (views of one allocation: not for a custom op's
+    returns, which may not alias each other). The objective (slot 7) is deferred:
+    :func:`objective` computes it, bit for bit as :func:`solve` does, from what the kernel
+    kept (a training step that never reads it skips its logs). ``into``: an earlier call's
+    two allocations (or None for either) that nothing reads any more, written over instead of
+    new ones where their layouts match (the kernel writes every slot but the deferred
     objective's). ``check_rtol`` >= 0: None if a or b fails :func:`check`'s checks (see
     :func:`_call`)."""
     (B, n), m, dtype = a.shape, b.shape[1], a.dtype
-    layout = _layout(dtype, B, n, m)
-    outs = into if into is not None and into.layout is layout else _ext.Outputs(layout)
-    ok = _call(a, b, cost, eps, max_iter, tol, g_init, (outs,), check_rtol=check_rtol)
-    return outs if ok else None
+    layout, grad_layout = _layout(dtype, B, n, m), _grad_layout(dtype, B, n, m)
+    outs, grads = into
+    if outs is None or outs.layout is not layout:
+        outs = _ext.Outputs(layout)
+    if grads is None or grads.layout is not grad_layout:
+        grads = _ext.Outputs(grad_layout)
+    ok = _call(a, b, cost, eps, max_iter, tol, g_init, (outs, grads), check_rtol=check_rtol)
+    return (outs, grads) if ok else None
 
 
 def objective(outs: _ext.Outputs, eps: float) -> torch.Tensor:
     """Slot 7 of :func:`run`'s outputs, the objectives, computed into it from slots 0, 1 and
-    10-13 (``eps``: the solve's)."""
+    8-11 (``eps``: the solve's)."""
     (B, n), m = outs.layout.slots[0][1], outs.layout.slots[1][1][1]
     src = _ext.src
     _ext.call("sinkhorn_block_objective", outs.layout.dtype,
-              *(src(outs.tensor(i), B, k) for i, k in ((12, n), (13, m), (0, n), (1, m),
-                                                       (10, n), (11, m))),
+              *(src(outs.tensor(i), B, k) for i, k in ((10, n), (11, m), (0, n), (1, m),
+                                                       (8, n), (9, m))),
               B, n, m, eps, _ext.dst(outs.tensor(7), B), threads=False)
     return outs.tensor(7)
 
 
 def bound(a, b, cost, eps, max_iter, tol):
     """(:func:`run`'s kernel call prepared once, arguments checked and bound: calling it runs
-    the C++ kernel alone, the floor under every wrapper; its outputs, ``_ext.Outputs``). The
-    caller keeps a, b and cost alive."""
+    the C++ kernel alone, the floor under every wrapper; its outputs, ``_ext.Outputs``, the
+    first allocation of :func:`run`'s). The caller keeps a, b and cost alive."""
     (B, n), m, dtype = a.shape, b.shape[1], a.dtype
     outs = _ext.Outputs(_layout(dtype, B, n, m))
-    return _call(a, b, cost, eps, max_iter, tol, None, (outs,), _ext.bound), outs
+    grads = _ext.Outputs(_grad_layout(dtype, B, n, m))
+    kernel = _call(a, b, cost, eps, max_iter, tol, None, (outs, grads), _ext.bound)
+    kernel.grads = grads  # (the memory its pointers point into)
+    return kernel, outs
 
 
 def solve(a, b, cost, eps, max_iter, tol, values=False, g_init=None, *, fixed_stop=True):
@@ -143,7 +157,7 @@ def solve(a, b, cost, eps, max_iter, tol, values=False, g_init=None, *, fixed_st
             _ext.out(dtype, B), _ext.out(torch.bool, B), _ext.out(torch.bool, B))
     extra = ((_ext.out(dtype, B), _ext.out(dtype, B), _ext.out(dtype, B, n),
               _ext.out(dtype, B, m)) if values else (none,) * 4)
-    _call(a, b, cost, eps, max_iter, tol, g_init, outs + extra + (none,) * 4,
+    _call(a, b, cost, eps, max_iter, tol, g_init, outs + extra[:2] + (none,) * 4 + extra[2:],
           fixed_stop=fixed_stop)
     f, g, n_iter, err, absorbed, converged = (x.tensor for x in outs)
     transport, objective, fc, gc = (x.tensor for x in extra)
@@ -239,21 +253,24 @@ class _DualTransport(torch.autograd.Function):
     ("mean", "sum" or "none"): one output, no separate reduction node. The settings come as
     one tuple (eps, max_iter, tol, g_init, reduction, into, check_rtol); the kernel's outputs
     come back through ``out`` (:func:`run`); a rejected call raises :class:`_Rejected`. The
-    backward reads the centred potentials (and the potentials, for the plan when the cost
-    needs a gradient) as views of their allocation, which ``ctx`` keeps, not as saved
-    tensors: a caller's in-place change of another view of it (say ``last_result.f``) cannot
-    trip the saved-version check."""
+    backward reads the centred potentials from their own allocation, which ``ctx`` keeps
+    (and, for the plan when the cost needs a gradient, the potentials from the other, which
+    ``ctx`` then keeps too; else the next call may write over it while this graph lives),
+    not as saved tensors: a caller's in-place change of another view of them (say
+    ``last_result.f``) cannot trip the saved-version check."""
 
     @staticmethod
     def forward(ctx, a, b, cost, settings, out):
         eps, max_iter, tol, g_init, reduction, into, check_rtol = settings
-        outs = run(a, b, cost, eps, max_iter, tol, g_init, into, check_rtol)
-        if outs is None:
+        res = run(a, b, cost, eps, max_iter, tol, g_init, into, check_rtol)
+        if res is None:
             raise _Rejected
-        out.append(outs)
+        outs, ctx.grads = res
+        out.extend(res)
         ctx.set_materialize_grads(False)
-        ctx.outs, ctx.eps, ctx.reduction, ctx.batch = outs, eps, reduction, a.shape[0]
+        ctx.eps, ctx.reduction, ctx.batch = eps, reduction, a.shape[0]
         if ctx.needs_input_grad[2]:
+            ctx.outs = outs
             ctx.save_for_backward(a, b, cost)
         # "none": a copy (an output that is a view made here may not be changed in place)
         return _reduce(outs.tensor(6), reduction, copy=True)
@@ -262,7 +279,7 @@ class _DualTransport(torch.autograd.Function):
     def backward(ctx, grad):
         if grad is None:
             return None, None, None, None, None
-        outs, reduction = ctx.outs, ctx.reduction
+        grads, reduction = ctx.grads, ctx.reduction
         need_a, need_b, need_C = ctx.needs_input_grad[:3]
         # each problem's weight as the reduction's backward passes it, bit for bit (x / 1 = x)
         if reduction == "none":
@@ -271,10 +288,10 @@ class _DualTransport(torch.autograd.Function):
             w = grad / ctx.batch if reduction == "mean" and ctx.batch > 1 else grad
         grad_C = None
         if need_C:
-            plan = plan_from_potentials(*ctx.saved_tensors, outs.tensor(0), outs.tensor(1),
-                                        ctx.eps)
+            plan = plan_from_potentials(*ctx.saved_tensors, ctx.outs.tensor(0),
+                                        ctx.outs.tensor(1), ctx.eps)
             grad_C = ((w[:, :, None] if reduction == "none" else w) * plan).sum(0, keepdim=True)
-        return (w * outs.tensor(8) if need_a else None, w * outs.tensor(9) if need_b else None,
+        return (w * grads.tensor(0) if need_a else None, w * grads.tensor(1) if need_b else None,
                 grad_C, None, None)
 
 
@@ -287,25 +304,25 @@ def _reduce(values: torch.Tensor, reduction: str, copy: bool = False) -> torch.T
     return values.clone() if copy else values
 
 
-def transport_cost(a, b, cost, eps, max_iter, tol, reduction="none", g_init=None, into=None,
-                   check_rtol=-1.0):
+def transport_cost(a, b, cost, eps, max_iter, tol, reduction="none", g_init=None,
+                   into=(None, None), check_rtol=-1.0):
     """(the transport costs <P, C> reduced by ``reduction``, with JTLN eq. 11's gradient when
-    an input requires one; the kernel's outputs, :func:`run`, written over ``into`` if
-    given), eager; (None, None) if ``check_rtol`` >= 0 and a or b fails :func:`check`'s
-    checks."""
+    an input requires one; the kernel's two allocations of outputs, :func:`run`'s, written
+    over ``into``'s where given), eager; (None, None, None) if ``check_rtol`` >= 0 and a or b
+    fails :func:`check`'s checks."""
     if a.requires_grad or b.requires_grad or cost.requires_grad:
         out = []
         settings = (eps, max_iter, tol, g_init, reduction, into, check_rtol)
         try:
             value = _DualTransport.apply(a, b, cost, settings, out)
         except _Rejected:
-            return None, None
-        return value, out[0]
-    outs = run(a, b, cost, eps, max_iter, tol, g_init, into, check_rtol)
-    if outs is None:
-        return None, None
-    # "none": a copy, as with gradient (a view would change when ``outs`` is written over)
-    return _reduce(outs.tensor(6), reduction, copy=True), outs
+            return None, None, None
+        return value, *out
+    res = run(a, b, cost, eps, max_iter, tol, g_init, into, check_rtol)
+    if res is None:
+        return None, None, None
+    # "none": a copy, as with gradient (a view would change when the outputs are written over)
+    return _reduce(res[0].tensor(6), reduction, copy=True), *res
 
 
 def sinkhorn_dual(a, b, cost, eps, max_iter, tol, g_init=None, objective_grad=True):
@@ -317,8 +334,9 @@ def sinkhorn_dual(a, b, cost, eps, max_iter, tol, g_init=None, objective_grad=Tr
     if not (a.requires_grad or b.requires_grad or cost.requires_grad):
         return _dual_forward(a, b, cost, eps, max_iter, tol, g_init)
     if not objective_grad:
-        transport, outs = transport_cost(a, b, cost, eps, max_iter, tol, "none", g_init)
-        return (transport, objective(outs, eps), *(outs.tensor(i) for i in (0, 1, 2, 3, 5, 8, 9)))
+        transport, outs, grads = transport_cost(a, b, cost, eps, max_iter, tol, "none", g_init)
+        return (transport, objective(outs, eps), *(outs.tensor(i) for i in (0, 1, 2, 3, 5)),
+                grads.tensor(0), grads.tensor(1))
     out = []
     out[:2] = _Dual.apply(a, b, cost, eps, max_iter, tol, g_init, out)
     return tuple(out)
