@@ -122,6 +122,12 @@ def lautum_from_covariance(cov: torch.Tensor, p: int, ridge: float = 0.0) -> tor
     return odds + log_det / 2
 
 
+def _lower_inverse(lower: torch.Tensor) -> torch.Tensor:
+    """The inverse of a lower-triangular matrix, by a triangular solve."""
+    eye = torch.eye(lower.shape[0], dtype=lower.dtype, device=lower.device)
+    return torch.linalg.solve_triangular(lower, eye, upper=False)
+
+
 def lautum_factored(cov: torch.Tensor, p: int) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
     """(L, factors) of a (regularised, symmetric) covariance S (u first) with
     ``lautum_from_covariance``'s value and checks, from two Cholesky factors: chol(S), whose
@@ -145,8 +151,7 @@ def lautum_factored(cov: torch.Tensor, p: int) -> tuple[torch.Tensor, tuple[torc
         raise _singular(1)
     if info > p or any(bad[p + q:]):
         raise _singular(2)
-    lc_inv = torch.linalg.solve_triangular(lc, torch.eye(p + q, dtype=cov.dtype,
-                                                         device=cov.device), upper=False)
+    lc_inv = _lower_inverse(lc)
     j = lc_inv.mT @ lc_inv
     value = ((j[:p, :p] * cov[:p, :p]).sum() - p
              + torch.diagonal(lc)[p:].log().sum() - torch.diagonal(lv).log().sum())
@@ -159,8 +164,7 @@ def lautum_factored_grad(cov: torch.Tensor, p: int, factors: tuple[torch.Tensor,
     dL/dS = -J Q J + [J_uu 0; 0 0] + J / 2 - [S_uu^-1 0; 0 S_vv^-1] / 2 (symmetric)."""
     j, lc_inv, lv = factors
     lu_inv = lc_inv[:p, :p]  # chol(S_uu)^-1: chol(S_uu) is the leading block of chol(S)
-    lv_inv = torch.linalg.solve_triangular(lv, torch.eye(lv.shape[0], dtype=lv.dtype,
-                                                         device=lv.device), upper=False)
+    lv_inv = _lower_inverse(lv)
     g = j / 2 - j[:, :p] @ cov[:p, :p] @ j[:p, :]
     g[:p, :p] += j[:p, :p] - (lu_inv.mT @ lu_inv) / 2
     g[p:, p:] -= (lv_inv.mT @ lv_inv) / 2

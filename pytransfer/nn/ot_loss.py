@@ -10,7 +10,7 @@ import torch
 
 from pytransfer import _checks, _ext
 from pytransfer.ot import SinkhornResult, block, sinkhorn
-from pytransfer.ot.scaling import AUTO_RANGE
+from pytransfer.ot.scaling import AUTO_RANGE, scaling_range
 from pytransfer.ot.sinkhorn import MASS_RTOL
 
 REDUCTIONS = ("mean", "sum", "none")
@@ -64,8 +64,7 @@ class OTLoss(torch.nn.Module):
             return hit[3], hit[4]
         work = cost.detach().to(dtype).reshape(1, *cost.shape).contiguous()
         _checks.entropic_scale(eps, work, True)
-        span = float(work.max()) - float(work.min())  # (in double, as block.check's)
-        fast = bool(torch.isfinite(work).all()) and span / eps <= AUTO_RANGE[dtype]
+        fast = bool(torch.isfinite(work).all()) and scaling_range(work, eps) <= AUTO_RANGE[dtype]
         self._work[dtype] = (cost, cost._version, eps, work, fast)
         return work, fast
 

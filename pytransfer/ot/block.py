@@ -97,6 +97,18 @@ def _call(a, b, cost, eps, max_iter, tol, g_init, outs, call=None, fixed_stop=Tr
         *outs, threads=max(1, min(torch.get_num_threads(), -(-B // LANES[dtype]))))
 
 
+def _outputs(dtype, B, n, m, into=(None, None)) -> tuple[_ext.Outputs, _ext.Outputs]:
+    """:func:`run`'s two allocations, :func:`_layout`'s and :func:`_grad_layout`'s: ``into``'s
+    where given with the same layout, else new."""
+    layout, grad_layout = _layout(dtype, B, n, m), _grad_layout(dtype, B, n, m)
+    outs, grads = into
+    if outs is None or outs.layout is not layout:
+        outs = _ext.Outputs(layout)
+    if grads is None or grads.layout is not grad_layout:
+        grads = _ext.Outputs(grad_layout)
+    return outs, grads
+
+
 def run(a, b, cost, eps, max_iter, tol, g_init=None, into=(None, None),
         check_rtol=-1.0) -> tuple[_ext.Outputs, _ext.Outputs] | None:
     """:func:`solve` with ``values``: (its outputs in one allocation, ``_ext.Outputs`` with
@@ -109,13 +121,7 @@ def run(a, b, cost, eps, max_iter, tol, g_init=None, into=(None, None),
     new ones where their layouts match (the kernel writes every slot but the deferred
     objective's). ``check_rtol`` >= 0: None if a or b fails :func:`check`'s checks (see
     :func:`_call`)."""
-    (B, n), m, dtype = a.shape, b.shape[1], a.dtype
-    layout, grad_layout = _layout(dtype, B, n, m), _grad_layout(dtype, B, n, m)
-    outs, grads = into
-    if outs is None or outs.layout is not layout:
-        outs = _ext.Outputs(layout)
-    if grads is None or grads.layout is not grad_layout:
-        grads = _ext.Outputs(grad_layout)
+    outs, grads = _outputs(a.dtype, a.shape[0], a.shape[1], b.shape[1], into)
     ok = _call(a, b, cost, eps, max_iter, tol, g_init, (outs, grads), check_rtol=check_rtol)
     return (outs, grads) if ok else None
 
@@ -136,9 +142,7 @@ def bound(a, b, cost, eps, max_iter, tol):
     """(:func:`run`'s kernel call prepared once, arguments checked and bound: calling it runs
     the C++ kernel alone, the floor under every wrapper; its outputs, ``_ext.Outputs``, the
     first allocation of :func:`run`'s). The caller keeps a, b and cost alive."""
-    (B, n), m, dtype = a.shape, b.shape[1], a.dtype
-    outs = _ext.Outputs(_layout(dtype, B, n, m))
-    grads = _ext.Outputs(_grad_layout(dtype, B, n, m))
+    outs, grads = _outputs(a.dtype, a.shape[0], a.shape[1], b.shape[1])
     kernel = _call(a, b, cost, eps, max_iter, tol, None, (outs, grads), _ext.bound)
     kernel.grads = grads  # (the memory its pointers point into)
     return kernel, outs
