@@ -69,6 +69,8 @@ inline bool any(const M& mask) {
 #if defined(__FMA__)
 inline __m256 fma256(__m256 a, __m256 b, __m256 c) { return _mm256_fmadd_ps(a, b, c); }
 inline __m256d fma256(__m256d a, __m256d b, __m256d c) { return _mm256_fmadd_pd(a, b, c); }
+inline __m128 fma128(__m128 a, __m128 b, __m128 c) { return _mm_fmadd_ps(a, b, c); }
+inline __m128d fma128(__m128d a, __m128d b, __m128d c) { return _mm_fmadd_pd(a, b, c); }
 #endif
 template <typename V>
 __attribute__((always_inline)) inline V fmadd(const V& a, const V& b, const V& c) {
@@ -81,7 +83,9 @@ __attribute__((always_inline)) inline V fmadd(const V& a, const V& b, const V& c
 #endif
 #if defined(__FMA__)
   typedef T H __attribute__((vector_size(32)));
-  if constexpr (sizeof(V) == 32) {
+  if constexpr (sizeof(V) == 16) {
+    return fma128(a, b, c);
+  } else if constexpr (sizeof(V) == 32) {
     return fma256(a, b, c);
   } else if constexpr (sizeof(V) == 64) {  // two 32-byte halves
     H x[2], y[2], z[2];
@@ -116,6 +120,8 @@ __attribute__((always_inline)) inline V fmadd(T a, const V& b, const V& c) {
 #if defined(__FMA__)
   if constexpr (sizeof(V) == 32 && sizeof(T) == 4) return _mm256_fmadd_ps(_mm256_set1_ps(a), b, c);
   if constexpr (sizeof(V) == 32 && sizeof(T) == 8) return _mm256_fmadd_pd(_mm256_set1_pd(a), b, c);
+  if constexpr (sizeof(V) == 16 && sizeof(T) == 4) return _mm_fmadd_ps(_mm_set1_ps(a), b, c);
+  if constexpr (sizeof(V) == 16 && sizeof(T) == 8) return _mm_fmadd_pd(_mm_set1_pd(a), b, c);
   if constexpr (sizeof(V) == 64) return fmadd(V{} + a, b, c);
 #endif
   return a * b + c;
@@ -336,10 +342,10 @@ struct Carried {
 // errors with the thresholds decides whether any lane did, and the lanes are walked only
 // when one stops, leaves the scalings' range, or must be refilled.
 // The tail: once no problem is left to load and at most half of the lanes are live, the block
-// hands them (``carried``, loaded first) to one of 32-byte vectors, which costs half as much
-// per iteration where the FPU is 256 bits wide (AMD Zen 4: a 64-byte FMA takes both of its
-// 256-bit pipes) and the same elsewhere. A lane's arithmetic does not depend on the width,
-// so the outputs are the same.
+// hands them (``carried``, loaded first) to one of half the width, down to 16-byte vectors:
+// on a 256-bit FPU (AMD Zen 4: a 64-byte FMA takes both of its 256-bit pipes, a 32- or
+// 16-byte one either pipe) each halving halves the cost per iteration, elsewhere it costs the
+// same or less. A lane's arithmetic does not depend on the width, so the outputs are the same.
 template <typename T, int Bytes = 64>
 void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
                  const std::vector<Carried<T>>& carried = {}) {
@@ -508,7 +514,7 @@ void solve_range(const Problem<T>& P, int64_t p0, int64_t p1,
       for (int l = 0; l < W; ++l)
         if (id[l] < 0) load(l);
     }
-    if constexpr (Bytes > 32) {
+    if constexpr (Bytes > 16) {
       if (next >= p1 && live > 0 && live <= W / 2) {  // the tail: half the width
         std::vector<Carried<T>> carry;
         for (int l = 0; l < W; ++l) {
@@ -613,6 +619,13 @@ void centre(int64_t n, int64_t m, const Padded<T>& s, T* fc, T* gc) {
   for (int64_t j = 0; j < m; ++j) gc[j] = pg[j] - mg;
 }
 
+// x[0, len) = eps log x + shift: potentials from scalings (finish_problem's, entry for entry).
+template <typename T>
+void potentials(T* __restrict x, int64_t len, T eps, T shift) {
+#pragma omp simd
+  for (int64_t i = 0; i < len; ++i) x[i] = eps * vlog(x[i]) + shift;
+}
+
 // The rest of one problem after its solve, on padded copies of its rows:
 // - with ``scalings``: the potentials f = eps log u + cmin, g = eps log v from the scalings
 //   finish() left in f and g (off the supports, 1 / (K v) and 1 / (K^T u): the c-transforms);
@@ -695,10 +708,14 @@ void sinkhorn_block_cpu(const T* a, const T* b, const T* cost, int64_t B, int64_
       // (values_direct needs the block's potentials first: the objective waits for them)
       const bool now = transport != nullptr && scaled;
       auto at = [](T* x, int64_t offset) { return x != nullptr ? x + offset : nullptr; };
+      if (scaled) {  // the block's potentials in one pass over its rows, which are contiguous
+        potentials(f + p0 * n, count * n, eps, cmin);
+        potentials(g + p0 * m, count * m, eps, T(0));
+      }
       for (int64_t p = p0; p < p0 + count; ++p)
-        if (!absorbed[p] || now)
+        if ((!scaled && !absorbed[p]) || now)
           finish_problem(a + p * n, b + p * m, f + p * n, g + p * m, n, m, eps, cmin,
-                         !absorbed[p], at(rows, p * n), at(cols, p * m),
+                         !scaled, at(rows, p * n), at(cols, p * m),
                          now && !defer ? objective + p : nullptr, now ? fc + p * n : nullptr,
                          now ? gc + p * m : nullptr, rows_of);
       if (transport != nullptr && !scaled) {

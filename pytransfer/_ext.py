@@ -119,11 +119,12 @@ class Outputs:
     pointer per slot, in order) that needs no check, read back (:meth:`tensor`) for only the
     slots a caller uses."""
 
-    __slots__ = ("flat", "layout")
+    __slots__ = ("_views", "flat", "layout")
 
     def __init__(self, layout: Layout) -> None:
         self.flat = _PROTOTYPES[layout.dtype].new_empty(layout.numel)
         self.layout = layout
+        self._views: dict[int, torch.Tensor] = {}
 
     def tensor(self, i: int) -> torch.Tensor:
         """Slot ``i`` as a contiguous tensor: a view (it keeps the allocation alive), or a copy
@@ -134,6 +135,19 @@ class Outputs:
         if dtype is flat.dtype:
             return flat.as_strided(shape, strides, offset)
         return flat.view(dtype).as_strided(shape, strides, offset).clone()
+
+    def view(self, i: int) -> torch.Tensor:
+        """Slot ``i`` (of the allocation's dtype) as a view made once per allocation and kept:
+        for the caller's own reads only, never handed out (a view someone else holds may have
+        its shape or strides changed in place). A cold view costs about as much as a small
+        torch op (issue 13); an allocation written over call after call keeps its views."""
+        view = self._views.get(i)
+        if view is None:
+            dtype, shape, strides, offset = self.layout.slots[i]
+            if dtype is not self.flat.dtype:
+                raise TypeError(f"slot {i} is {dtype}, the allocation {self.flat.dtype}")
+            view = self._views[i] = self.flat.as_strided(shape, strides, offset)
+        return view
 
     def all(self, i: int) -> bool:
         """Whether every entry of slot ``i`` is nonzero (read in place: no copy)."""

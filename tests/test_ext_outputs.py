@@ -58,6 +58,22 @@ def test_outputs_are_aligned_disjoint_slots_of_one_allocation():
     assert outs.all(2) and outs.all(3)  # (empty: all)
 
 
+def test_view_is_one_kept_view_per_slot():
+    """``view``: made once per slot and allocation, the slot's memory (writes show both ways),
+    the same shape as ``tensor``'s; a slot of another dtype is refused, not reinterpreted."""
+    outs = _ext.Outputs(_ext.Layout(*SLOTS))
+    v = outs.view(0)
+    assert outs.view(0) is v and v.shape == (3, 5) and v.is_contiguous()
+    assert v.data_ptr() == outs.flat.data_ptr() + outs.layout.offsets[0]
+    outs.tensor(0).fill_(1.5)
+    assert torch.equal(v, torch.full((3, 5), 1.5))
+    v[0, 0] = -2.0
+    assert outs.tensor(0)[0, 0] == -2.0
+    assert outs.view(3).shape == (0,)
+    with pytest.raises(TypeError, match=r"slot 1 is torch\.int64"):
+        outs.view(1)
+
+
 def test_call_passes_a_pointer_per_slot_in_order(monkeypatch):
     rec = _Args()
     monkeypatch.setattr(_ext, "_C", rec)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from pytransfer import _ext
-from pytransfer.nn import OTLoss
+from pytransfer._autograd import direct_apply
+from pytransfer.nn import MKMMDLoss, OTLoss, mmd_loss
 from pytransfer.ot import SinkhornResult, block, sinkhorn
 
 pytestmark = pytest.mark.skipif(_ext.unavailable() is not None, reason="no compiled extension")
@@ -216,6 +217,51 @@ def test_transport_cost_gradients_equal_the_op(need, reduction):
         out.append((value.detach(), *(x.grad for x in (a, b, C) if x.requires_grad)))
     for got, want in zip(*out, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("which", ["OTLoss", "MKMMDLoss"])
+def test_direct_apply_equals_function_apply(monkeypatch, which):
+    """The fused losses apply their Function through ``_autograd.direct_apply`` (the C++
+    apply): the value and gradients of ``Function.apply``, bit for bit. Under an active
+    functorch transform it is ``Function.apply``, which refuses as before (no
+    setup_context)."""
+    ps, pt, cost = _problem(B=6, n=4, m=4)
+    module, name, cls = ((block, "_apply_transport", block._DualTransport) if which == "OTLoss"
+                         else (mmd_loss, "_apply_linear", mmd_loss._LinearCPU))
+    loss = OTLoss(cost, eps=0.1, max_iter=50, tol=0.0) if which == "OTLoss" else MKMMDLoss()
+    out = []
+    for apply in (getattr(module, name), cls.apply):
+        monkeypatch.setattr(module, name, apply)
+        x, y = _leaves(ps, pt)
+        value = loss(x, y)
+        (2.0 * value).backward()
+        out.append((value.detach(), x.grad, y.grad))
+    for got, want in zip(*out, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_direct_apply_under_a_functorch_transform_is_function_apply(monkeypatch):
+    direct = direct_apply(block._DualTransport)
+    monkeypatch.setattr(torch._C, "_are_functorch_transforms_active", lambda: True)
+    ps, pt, cost = _problem(B=3)
+    x, y = _leaves(ps, pt)
+    settings = (0.1, 50, 0.0, None, "mean", (None, None), -1.0)
+    with pytest.raises(RuntimeError, match="setup_context"):
+        direct(x, y, cost[None], settings, [])
+
+
+def test_direct_apply_refuses_a_function_with_setup_context():
+    class WithSetup(torch.autograd.Function):
+        @staticmethod
+        def forward(x):
+            return x
+
+        @staticmethod
+        def setup_context(ctx, inputs, output):
+            pass
+
+    with pytest.raises(TypeError, match="defines setup_context"):
+        direct_apply(WithSetup)
 
 
 def test_settings_are_checked_again_whenever_assigned():

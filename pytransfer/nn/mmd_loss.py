@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from pytransfer import _ext
+from pytransfer._autograd import direct_apply
 from pytransfer.mmd import KernelSpec, gaussian_kernels, mk_mmd, optimize_kernel_weights
 from pytransfer.mmd import _ops as mmd_ops
 from pytransfer.mmd.distributed import global_bandwidth, global_mk_mmd, global_weights
@@ -29,6 +30,9 @@ class _LinearCPU(torch.autograd.Function):
         xs, xt, coef = ctx.saved_tensors
         gxs, gxt = mmd_ops.linear_bwd(xs, xt, coef, 2.0 * float(grad) / coef.shape[0])
         return gxs, gxt, None, None, None, None
+
+
+_apply_linear = direct_apply(_LinearCPU)
 
 
 class MKMMDLoss(torch.nn.Module):
@@ -88,7 +92,7 @@ class MKMMDLoss(torch.nn.Module):
             raise ValueError(f"the kernel bandwidth {base:.3g} is not finite in {xs.dtype}")
         # as resolve: a degenerate batch (base 0) takes the smallest safe base
         gammas = unit / max(base, smallest)
-        return _LinearCPU.apply(xs, xt, gammas, weights, weights64, square)
+        return _apply_linear(xs, xt, gammas, weights, weights64, square)
 
     def forward(self, xs: torch.Tensor, xt: torch.Tensor) -> torch.Tensor:
         if self._fast_path(xs, xt):
