@@ -642,7 +642,7 @@ void centre(int64_t n, int64_t m, const Padded<T>& s, T* fc, T* gc) {
   for (int64_t j = 0; j < m; ++j) gc[j] = pg[j] - mg;
 }
 
-// x[0, len) = eps log x + shift: potentials from scalings (finish_problem's, entry for entry).
+// x[0, len) = eps log x + shift: potentials from scalings.
 template <typename T>
 void potentials(T* __restrict x, int64_t len, T eps, T shift) {
 #pragma omp simd
@@ -662,11 +662,9 @@ void finish_problem(const T* a, const T* b, T* f, T* g, int64_t n, int64_t m, T 
   T *__restrict pf = s.f, *__restrict pg = s.g;
   copy_padded(pf, f, n, np, T(1));
   copy_padded(pg, g, m, mp, T(1));
-  if (scalings) {
-#pragma omp simd aligned(pf : 64)
-    for (int64_t i = 0; i < np; ++i) pf[i] = eps * vlog(pf[i]) + cmin;
-#pragma omp simd aligned(pg : 64)
-    for (int64_t j = 0; j < mp; ++j) pg[j] = eps * vlog(pg[j]);
+  if (scalings) {  // (on the padded rows: whole vectors, no scalar remainder of logs)
+    potentials(pf, np, eps, cmin);
+    potentials(pg, mp, eps, T(0));
     std::memcpy(f, pf, n * sizeof(T));
     std::memcpy(g, pg, m * sizeof(T));
   }
